@@ -1,0 +1,29 @@
+# Each target creates the virtual environment it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= workdir
+
+.PHONY: run test test-slow bench clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# The main job on an embedded dataset (no download).
+run: $(VENV)/.installed
+	$(PY) -m launch.check_hypergrad
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -n 2
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m slow
+
+bench: $(VENV)/.installed
+	$(PY) -m benchmarks.forward_cost
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,215 @@
+"""Hyperparameter schedules shared over contiguous intervals of the horizon.
+
+A schedule leaf is an array of shape ``(n, ...)``: ``n`` values, each shared over
+one of ``n`` contiguous intervals of a run of ``num_steps`` inner steps. At inner
+step ``t`` the value in force is ``leaf[(t * n) // num_steps]``. With ``n`` not
+dividing ``num_steps`` the intervals differ in length by at most one step.
+
+Sharing a value over an interval is what keeps forward mode affordable (one
+tangent per value, not per step) and what averages hypergradient noise over the
+interval (Micaelli & Storkey 2021).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+# `t * n` is computed in int32 inside the unroll.
+_MAX_STEP_PRODUCT = 2**31 - 1
+
+
+def interval_index(t, n: int, num_steps: int):
+  """Index of the shared interval in force at inner step ``t``.
+
+  Args:
+    t: int or traced int32 scalar, the inner step, ``0 <= t < num_steps``.
+    n: number of intervals of the schedule.
+    num_steps: the horizon ``T``.
+
+  Returns:
+    ``(t * n) // num_steps``, of the same kind as ``t``.
+  """
+  return (t * n) // num_steps
+
+
+def interval_starts(n: int, num_steps: int) -> np.ndarray:
+  """First inner step of each of the ``n`` intervals: ``ceil(i * T / n)``.
+
+  Returns:
+    int64 array of shape ``(n,)``; entry ``i`` is the smallest ``t`` with
+    ``interval_index(t, n, T) == i``.
+  """
+  i = np.arange(n, dtype=np.int64)
+  return (i * num_steps + n - 1) // n
+
+
+def num_intervals(hparams: PyTree) -> PyTree:
+  """The ``n`` of every leaf: the pytree of leading-axis sizes."""
+  return jax.tree.map(lambda h: int(np.shape(h)[0]), hparams)
+
+
+def hparams_at(hparams: PyTree, t, num_steps: int) -> PyTree:
+  """The hyperparameters in force at inner step ``t``.
+
+  Args:
+    hparams: pytree of schedule leaves of shape ``(n, ...)``.
+    t: int or traced int32 step.
+    num_steps: the horizon ``T``.
+
+  Returns:
+    The same pytree with each leaf's leading axis indexed at
+    ``(t * n) // T``: leaves of shape ``(...)``.
+  """
+  return jax.tree.map(
+      lambda h: h[interval_index(t, h.shape[0], num_steps)], hparams)
+
+
+def expand(hparams: PyTree, num_steps: int) -> PyTree:
+  """Per-step values of every schedule: leaves of shape ``(T, ...)``.
+
+  Useful for plotting and for greedy methods that keep one value per step.
+  """
+  t = np.arange(num_steps)
+  return jax.tree.map(
+      lambda h: jnp.asarray(h)[interval_index(t, h.shape[0], num_steps)],
+      hparams)
+
+
+def constant(value, n: int = 1, dtype=None) -> jax.Array:
+  """A schedule of ``n`` intervals all holding ``value``.
+
+  Example:
+    >>> hparams = {'lr': constant(0.1, 7), 'momentum': constant(0.9)}
+    >>> hparams['lr'].shape
+    (7,)
+  """
+  if n < 1:
+    raise ValueError(f'A schedule needs n >= 1 intervals, got n={n}.')
+  if dtype is None:
+    dtype = jnp.asarray(value).dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+      dtype = jnp.result_type(float)
+  # An explicit dtype gives a strongly typed array: a weak-typed schedule
+  # would silently take the dtype of whatever it meets.
+  value = jnp.asarray(value, dtype=dtype)
+  return jnp.broadcast_to(value, (n,) + value.shape)
+
+
+def resample(schedule, n: int) -> jax.Array:
+  """Re-expresses a schedule on ``n`` intervals (nearest interval midpoint).
+
+  Lets the outer loop refine a coarse schedule (e.g. 1 -> 7 intervals).
+  """
+  schedule = jnp.asarray(schedule)
+  m = schedule.shape[0]
+  mids = (np.arange(n) + 0.5) / n
+  return schedule[np.minimum((mids * m).astype(np.int64), m - 1)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+  """A stretch ``[start, stop)`` of the horizon where no leaf changes interval.
+
+  Attributes:
+    start: first inner step of the segment.
+    stop: one past the last inner step.
+    intervals: for each hparams leaf (in ``jax.tree.leaves`` order), the index
+      of its interval in force throughout the segment.
+  """
+  start: int
+  stop: int
+  intervals: tuple[int, ...]
+
+
+def segments(hparams: PyTree, num_steps: int) -> list[Segment]:
+  """Splits the horizon at every interval boundary of every leaf.
+
+  Within a segment every hyperparameter is constant, so the unroll can index
+  the schedules statically (no gather per step) and forward mode knows exactly
+  which tangents have begun.
+
+  Returns:
+    Segments in order, covering ``[0, num_steps)``.
+  """
+  ns = [int(np.shape(h)[0]) for h in jax.tree.leaves(hparams)]
+  cuts = {0, num_steps}
+  for n in ns:
+    cuts.update(int(s) for s in interval_starts(n, num_steps))
+  cuts = sorted(cuts)
+  out = []
+  for start, stop in zip(cuts[:-1], cuts[1:]):
+    out.append(Segment(start, stop,
+                       tuple(int(interval_index(start, n, num_steps))
+                             for n in ns)))
+  return out
+
+
+def validate_num_steps(num_steps) -> int:
+  """Checks the horizon is a positive Python int; returns it."""
+  if isinstance(num_steps, (bool, np.bool_)) or not isinstance(
+      num_steps, (int, np.integer)):
+    raise TypeError(
+        f'num_steps must be a Python int (it sets the unroll length), got '
+        f'{num_steps!r} of type {type(num_steps).__name__}.')
+  if num_steps <= 0:
+    raise ValueError(f'num_steps must be >= 1, got num_steps={num_steps}.')
+  return int(num_steps)
+
+
+def validate_hparams(hparams: PyTree, num_steps: int) -> PyTree:
+  """Checks a hyperparameter pytree against the sharing contract.
+
+  Every leaf must be a floating array of shape ``(n, ...)`` with
+  ``1 <= n <= num_steps``. Raised before any compute, naming the bad leaf.
+
+  Returns:
+    ``hparams`` with leaves converted to ``jax.Array``.
+
+  Raises:
+    TypeError: a non-floating leaf, or a leaf that is not array-like.
+    ValueError: an empty pytree, a 0-d leaf, ``n == 0`` or ``n > num_steps``.
+  """
+  num_steps = validate_num_steps(num_steps)
+  leaves_with_path = jax.tree_util.tree_flatten_with_path(hparams)[0]
+  if not leaves_with_path:
+    raise ValueError('hparams has no leaves: nothing to differentiate.')
+  for path, leaf in leaves_with_path:
+    name = jax.tree_util.keystr(path) or '<root>'
+    if not hasattr(leaf, 'dtype') and not isinstance(leaf, (int, float, list,
+                                                             tuple)):
+      raise TypeError(f'hparams leaf {name} is not an array: {leaf!r}.')
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(
+          f'hparams leaf {name} has dtype {dtype}; hyperparameters must be '
+          f'floating point to be differentiated.')
+    shape = np.shape(leaf)
+    if len(shape) == 0:
+      raise ValueError(
+          f'hparams leaf {name} is a scalar; give it a leading interval axis '
+          f'of size n (e.g. hypergrad.constant(value, n=1)).')
+    n = shape[0]
+    if n == 0:
+      raise ValueError(f'hparams leaf {name} has n=0 intervals; need n >= 1.')
+    if n > num_steps:
+      raise ValueError(
+          f'hparams leaf {name} has n={n} intervals, more than '
+          f'num_steps={num_steps} inner steps.')
+    if n * num_steps > _MAX_STEP_PRODUCT:
+      raise ValueError(
+          f'hparams leaf {name}: n * num_steps = {n * num_steps} overflows '
+          f'the int32 step arithmetic.')
+  return jax.tree.map(jnp.asarray, hparams)
+
+
+def leaf_names(tree: PyTree) -> Sequence[str]:
+  """Readable names of the leaves, in ``jax.tree.leaves`` order."""
+  return [jax.tree_util.keystr(p) or '<root>'
+          for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]

@@ -1,0 +1,70 @@
+"""Test helpers: central finite differences and small inner problems."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import hypergrad
+
+
+def finite_difference(f, hparams, eps=1e-6):
+  """Central differences of scalar ``f(hparams)`` w.r.t. every schedule entry."""
+  leaves, treedef = jax.tree.flatten(hparams)
+  out = []
+  for l, leaf in enumerate(leaves):
+    leaf = np.asarray(leaf, dtype=np.float64)
+    grad = np.zeros_like(leaf)
+    for idx in np.ndindex(leaf.shape):
+      vals = []
+      for sign in (1.0, -1.0):
+        bumped = leaf.copy()
+        bumped[idx] += sign * eps
+        new = list(leaves)
+        new[l] = jnp.asarray(bumped)
+        vals.append(float(f(jax.tree.unflatten(treedef, new))))
+      grad[idx] = (vals[0] - vals[1]) / (2 * eps)
+    out.append(grad)
+  return jax.tree.unflatten(treedef, out)
+
+
+def regression_problem(dtype=jnp.float64, num_examples=48, batch=8, dim=5,
+                       hidden=4, seed=0):
+  """A tanh network regressed on random data; minibatch chosen from ``t``."""
+  rng = np.random.RandomState(seed)
+  x = jnp.asarray(rng.randn(num_examples, dim), dtype)
+  y = jnp.asarray(rng.randn(num_examples), dtype)
+  params = {'a': jnp.asarray(rng.randn(dim, hidden) * 0.5, dtype),
+            'b': jnp.asarray(rng.randn(hidden) * 0.5, dtype)}
+  num_batches = num_examples // batch
+
+  def predict(p, xb):
+    return jnp.tanh(xb @ p['a']) @ p['b']
+
+  def train_loss(p, t):
+    start = (t % num_batches) * batch
+    xb = jax.lax.dynamic_slice_in_dim(x, start, batch)
+    yb = jax.lax.dynamic_slice_in_dim(y, start, batch)
+    return jnp.mean((predict(p, xb) - yb) ** 2)
+
+  def val_loss(p):
+    return jnp.mean((predict(p, x) - y) ** 2)
+
+  return train_loss, val_loss, params
+
+
+def sgd_problem(dtype=jnp.float64, **kw):
+  train_loss, val_loss, params = regression_problem(dtype, **kw)
+  step_fn = hypergrad.sgd_momentum_step(train_loss)
+  loss_fn = lambda s: val_loss(s.params)
+  return step_fn, loss_fn, hypergrad.sgd_init(params)
+
+
+def reference_unroll_loss(step_fn, loss_fn, init_state, hparams, num_steps):
+  """A plain Python loop over the sharing rule, written independently."""
+  state = init_state
+  for t in range(num_steps):
+    h_t = jax.tree.map(lambda h: h[(t * h.shape[0]) // num_steps], hparams)
+    state = step_fn(state, h_t, jnp.int32(t))
+  return loss_fn(state)
