@@ -148,6 +148,32 @@ class CompilationTest(chex.TestCase):
       hparams = {'lr': jnp.full((3,), lr), 'momentum': jnp.array([0.5])}
       hypergrad.forward_hypergrad(step_fn, counted_loss, state, hparams, 20)
 
+  def test_new_data_bound_with_partial_does_not_retrace(self):
+    traces = []
+
+    def step(x, y, w, h, t):
+      traces.append(t)
+      i = (t % 4) * 8
+      xb = jax.lax.dynamic_slice_in_dim(x, i, 8)
+      yb = jax.lax.dynamic_slice_in_dim(y, i, 8)
+      return w - h['lr'] * jax.grad(lambda v: jnp.mean((xb @ v - yb)**2))(w)
+
+    def loss(x, y, w):
+      return jnp.mean((x @ w - y) ** 2)
+
+    rng = np.random.RandomState(0)
+    counts, losses = [], []
+    for _ in range(3):
+      # A new split of the data each outer step, as the FDS outer loop does.
+      x, y = jnp.asarray(rng.randn(32, 3)), jnp.asarray(rng.randn(32))
+      value, _ = hypergrad.forward_hypergrad(
+          jax.tree_util.Partial(step, x, y), jax.tree_util.Partial(loss, x, y),
+          jnp.zeros(3), {'lr': jnp.array([0.1, 0.05])}, 8)
+      counts.append(len(traces))
+      losses.append(float(value))
+    self.assertEqual(counts[0], counts[-1])
+    self.assertLen(set(losses), 3)  # the new data really was used
+
   def test_float32_stays_float32(self):
     step_fn, loss_fn, state = helpers.sgd_problem(dtype=jnp.float32)
     hparams = {'lr': jnp.array([0.05, 0.1], jnp.float32),

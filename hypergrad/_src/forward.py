@@ -141,9 +141,9 @@ def _chunk_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps, dirs):
   return loss, values
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _forward_hypergrad(step_fn, loss_fn, num_steps, chunk_size,
-                       skip_unstarted, init_state, hparams):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _forward_hypergrad(num_steps, chunk_size, skip_unstarted, step_fn, loss_fn,
+                       init_state, hparams):
   # Runs once per trace, i.e. once per compilation: the structural check costs
   # nothing on later outer steps.
   unroll_lib.check_step_fn(step_fn, loss_fn, init_state, hparams, num_steps)
@@ -190,11 +190,15 @@ def forward_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,
   The computation is compiled once per (``step_fn``, ``loss_fn``,
   ``num_steps``, options, shapes and dtypes): the outer loop can call it with
   new hyperparameter values without recompiling, as long as it passes the
-  same function objects (not fresh lambdas) each time.
+  same function objects (not fresh lambdas) each time. Bind large arrays
+  (training data, a validation split) with ``jax.tree_util.Partial(fn,
+  arrays...)``: they then travel as arguments, so new arrays of the same
+  shapes do not recompile and nothing large is embedded in the program.
 
   Args:
     step_fn: ``step_fn(state, hparams_t, t) -> state``, one pure inner step;
-      ``t`` is a traced int32 step index.
+      ``t`` is a traced int32 step index. A function or a
+      ``jax.tree_util.Partial``.
     loss_fn: ``loss_fn(final_state) -> scalar``, the outer (validation) loss.
     init_state: pytree, the inner state at step 0. Integer leaves (counters,
       PRNG keys) are carried but not differentiated.
@@ -231,5 +235,7 @@ def forward_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,
       or chunk_size < 1):
     raise ValueError(f'chunk_size must be a positive int or None, got '
                      f'{chunk_size!r}.')
-  return _forward_hypergrad(step_fn, loss_fn, num_steps, chunk_size,
-                            bool(skip_unstarted), init_state, hparams)
+  return _forward_hypergrad(num_steps, chunk_size, bool(skip_unstarted),
+                            unroll_lib.as_pytree_fn(step_fn),
+                            unroll_lib.as_pytree_fn(loss_fn), init_state,
+                            hparams)

@@ -21,6 +21,24 @@ StepFn = Callable[[PyTree, PyTree, jax.Array], PyTree]
 LossFn = Callable[[PyTree], jax.Array]
 
 
+def as_pytree_fn(fn: Callable) -> Callable:
+  """A callable as a pytree whose leaves are the arrays it is bound to.
+
+  Estimators take ``step_fn`` and ``loss_fn`` as jit *arguments*: a plain
+  function becomes a leaf-less ``jax.tree_util.Partial`` keyed on its
+  identity, while a ``Partial(fn, data, ...)`` passes its bound arrays as
+  traced arguments. Training data bound that way is neither embedded in the
+  compiled program as a constant (slow compiles, huge executables) nor a
+  reason to recompile when a new validation split of the same shape arrives.
+  """
+  if not callable(fn):
+    raise TypeError(f'expected a callable, got {fn!r}.')
+  leaves = jax.tree.leaves(fn)
+  if len(leaves) == 1 and leaves[0] is fn:
+    return jax.tree_util.Partial(fn)
+  return fn
+
+
 def is_differentiable(x) -> bool:
   """Whether a state leaf carries a tangent (inexact dtype)."""
   return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
