@@ -68,3 +68,26 @@ def reference_unroll_loss(step_fn, loss_fn, init_state, hparams, num_steps):
     h_t = jax.tree.map(lambda h: h[(t * h.shape[0]) // num_steps], hparams)
     state = step_fn(state, h_t, jnp.int32(t))
   return loss_fn(state)
+
+
+def quadratic_problem(curvature=2.0, dim=3, dtype=jnp.float64):
+  """Full-batch gradient descent on ``curvature / 2 * ||w - 1||^2``.
+
+  The error contracts by ``1 - lr * curvature`` per step, so the learning rate
+  that minimises the loss after any number of steps (and after one step, the
+  greedy target) is ``1 / curvature``: a known optimum for the greedy methods.
+
+  Returns:
+    ``(step_fn, loss_fn, init_state, optimal_lr)``; the training loss is the
+    validation loss.
+  """
+  target = jnp.ones((dim,), dtype)
+
+  def train_loss(w, t):
+    del t
+    return 0.5 * curvature * jnp.sum((w - target) ** 2)
+
+  step_fn = hypergrad.sgd_momentum_step(train_loss)
+  loss_fn = lambda s: train_loss(s.params, 0)
+  init = hypergrad.sgd_init(jnp.asarray(-9.0 * np.ones(dim), dtype))
+  return step_fn, loss_fn, init, 1.0 / curvature

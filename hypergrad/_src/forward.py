@@ -81,8 +81,10 @@ def _hparam_tangents(hparams_leaves, dirs, intervals):
   return out
 
 
-def _chunk_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps, dirs):
+def _chunk_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps, dirs,
+                     progress=None):
   """Loss and hypergradient values for one chunk of directions."""
+  report = unroll_lib.progress_reporter(progress, num_steps)
   h_leaves, h_def = jax.tree.flatten(hparams)
   split = unroll_lib.split_state(init_state)
   diff, rest = split.diff, split.rest
@@ -106,6 +108,7 @@ def _chunk_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps, dirs):
     if not active:
       def plain_body(carry, _, h_seg=h_seg):
         diff_, rest_, t = carry
+        report(t)
         return (*step(diff_, rest_, h_seg, t), t + 1), None
       diff, rest, _ = jax.lax.scan(plain_body, (diff, rest, t0), None,
                                    length)[0]
@@ -123,6 +126,7 @@ def _chunk_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps, dirs):
 
     def body(carry, _, h_seg=h_seg, dh=dh):
       diff_, rest_, tan, t = carry
+      report(t)
       new_diff, lin, new_rest = jax.linearize(
           lambda d, h: step(d, rest_, h, t), diff_, h_seg, has_aux=True)
       new_tan = jax.vmap(lin)(tan, dh)
@@ -134,16 +138,17 @@ def _chunk_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps, dirs):
   final_loss_fn = lambda d: loss_fn(unroll_lib.merge_state(
       d, rest, split.treedef, split.mask))
   loss, g = jax.value_and_grad(final_loss_fn)(diff)
+  final_state = unroll_lib.merge_state(diff, rest, split.treedef, split.mask)
   values = sum(
       jnp.tensordot(z.reshape(z.shape[0], -1), gl.reshape(-1).astype(z.dtype),
                     axes=1)
       for z, gl in zip(tangents, g))
-  return loss, values
+  return loss, values, final_state
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _forward_hypergrad(num_steps, chunk_size, skip_unstarted, step_fn, loss_fn,
-                       init_state, hparams):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _forward_hypergrad(num_steps, chunk_size, skip_unstarted, progress,
+                       return_state, step_fn, loss_fn, init_state, hparams):
   # Runs once per trace, i.e. once per compilation: the structural check costs
   # nothing on later outer steps.
   unroll_lib.check_step_fn(step_fn, loss_fn, init_state, hparams, num_steps)
@@ -153,19 +158,23 @@ def _forward_hypergrad(num_steps, chunk_size, skip_unstarted, step_fn, loss_fn,
   total = sum(h.size for h in h_leaves)
   flat_dtype = jnp.result_type(*h_leaves)
   flat = jnp.zeros((total,), flat_dtype)
-  loss = None
+  loss = final_state = None
   for c in range(0, len(dirs), chunk):
     group = dirs[c:c + chunk]
-    chunk_loss, values = _chunk_hypergrad(step_fn, loss_fn, init_state,
-                                          hparams, num_steps, group)
-    loss = chunk_loss if loss is None else loss
+    chunk_loss, values, chunk_state = _chunk_hypergrad(
+        step_fn, loss_fn, init_state, hparams, num_steps, group, progress)
+    if loss is None:
+      loss, final_state = chunk_loss, chunk_state
     flat = flat.at[np.array([d.flat for d in group])].set(
         values.astype(flat_dtype))
   out, offset = [], 0
   for h in h_leaves:
     out.append(flat[offset:offset + h.size].reshape(h.shape).astype(h.dtype))
     offset += h.size
-  return loss, jax.tree.unflatten(h_def, out)
+  hypergrads = jax.tree.unflatten(h_def, out)
+  if return_state:
+    return loss, hypergrads, final_state
+  return loss, hypergrads
 
 
 def validate_common(init_state, hparams, num_steps):
@@ -178,7 +187,9 @@ def validate_common(init_state, hparams, num_steps):
 
 def forward_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,
                       *, chunk_size: int | None = None,
-                      skip_unstarted: bool = True):
+                      skip_unstarted: bool = True,
+                      progress: unroll_lib.Progress | None = None,
+                      return_state: bool = False):
   """Loss and hypergradient of ``loss_fn`` after a whole inner run, forward mode.
 
   Runs ``state_{t+1} = step_fn(state_t, hparams_t, t)`` for ``t < num_steps``
@@ -210,10 +221,17 @@ def forward_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,
       the chunk, compute grows with the number of chunks). None: one chunk.
     skip_unstarted: skip tangents of intervals that have not begun (exact;
       False only for benchmarking the naive scheme).
+    progress: optional ``Progress(callback, every)``: ``callback(t)`` is called
+      on the host every ``every`` inner steps (once per chunk), so a
+      10^4-step hypergradient is never silent. Keep the same object across
+      calls: it is part of the compilation key.
+    return_state: also return the inner state after the last step (to
+      evaluate the trained model without another unroll).
 
   Returns:
     ``(loss, hypergrads)``: the scalar outer loss and ``d loss / d hparams``
-    with exactly the structure, shapes and dtypes of ``hparams``.
+    with exactly the structure, shapes and dtypes of ``hparams``; with
+    ``return_state=True``, ``(loss, hypergrads, final_state)``.
 
   Raises:
     ValueError, TypeError: bad ``num_steps``, schedule leaves, ``chunk_size``,
@@ -235,7 +253,9 @@ def forward_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,
       or chunk_size < 1):
     raise ValueError(f'chunk_size must be a positive int or None, got '
                      f'{chunk_size!r}.')
+  unroll_lib.validate_progress(progress)
   return _forward_hypergrad(num_steps, chunk_size, bool(skip_unstarted),
+                            progress, bool(return_state),
                             unroll_lib.as_pytree_fn(step_fn),
                             unroll_lib.as_pytree_fn(loss_fn), init_state,
                             hparams)

@@ -21,6 +21,43 @@ StepFn = Callable[[PyTree, PyTree, jax.Array], PyTree]
 LossFn = Callable[[PyTree], jax.Array]
 
 
+class Progress(NamedTuple):
+  """Host-side progress reporting from inside a jitted unroll.
+
+  Attributes:
+    callback: ``callback(t: int)``, called with the inner step index.
+    every: call it every ``every`` inner steps.
+  """
+  callback: Callable[[int], Any]
+  every: int = 100
+
+
+def validate_progress(progress) -> None:
+  if progress is None:
+    return
+  if not isinstance(progress, Progress):
+    raise TypeError(f'progress must be a hypergrad.Progress or None, got '
+                    f'{progress!r}.')
+  if not callable(progress.callback) or not isinstance(progress.every, int) \
+      or progress.every < 1:
+    raise ValueError(f'progress needs a callable and every >= 1, got '
+                     f'{progress!r}.')
+
+
+def progress_reporter(progress: Progress | None, num_steps: int):
+  """A traceable ``report(t)`` that calls back to the host every few steps."""
+  if progress is None:
+    return lambda t: None
+
+  def host(t):
+    progress.callback(int(t))
+
+  def report(t):
+    jax.lax.cond((t % progress.every == 0) | (t == num_steps - 1),
+                 lambda: jax.debug.callback(host, t), lambda: None)
+  return report
+
+
 def as_pytree_fn(fn: Callable) -> Callable:
   """A callable as a pytree whose leaves are the arrays it is bound to.
 

@@ -1,0 +1,139 @@
+r"""Hypergradient descent (Baydin et al. 2018), generalised by one-step differentiation.
+
+Baydin et al. adapt the SGD learning rate online from the dot product of
+successive gradients:
+
+    alpha_{t+1} = alpha_t + beta * g_{t+1} . g_t,
+
+which is gradient descent on ``alpha`` for the loss after *one* step:
+``d f_{t+1}(theta_{t+1}) / d alpha = -g_{t+1} . g_t``. Written that way it
+extends to any hyperparameter of any step: with ``s_{t+1} = Phi(s_t, h, t)``,
+
+    h <- h - beta * d L(Phi(s_t, h, t)) / d h           (s_t held fixed)
+
+computed by ``jax.grad`` through the single step, i.e. one vector-Jacobian
+product of ``Phi`` with respect to ``h`` (cheap: ``h`` enters the SGD update
+elementwise). For SGD with momentum ``v_{t+1} = mu v_t + g_t + wd w_t``,
+``w_{t+1} = w_t - alpha v_{t+1}``, it gives ``alpha += beta g_{t+1} . v_{t+1}``
+(the update direction replaces ``g_t``), and the one-step hypergradients
+``-alpha g_{t+1} . v_t`` for the momentum and ``-alpha g_{t+1} . w_t`` for
+the weight decay.
+
+Which loss ``L``:
+
+* ``step_loss_fn(state, t)`` given: ``L = step_loss_fn(s_{t+1}, t + 1)``, the
+  training loss of the *next* minibatch: Baydin's original rule (``g_{t+1}``
+  is the gradient the next step uses). Recommended: it costs one extra
+  minibatch gradient per step.
+* otherwise ``L = loss_fn(s_{t+1})``, the same (validation) loss as every
+  other estimator: greedy one-step hyperparameter optimisation on the
+  validation loss. Costs one validation gradient per step.
+
+The update made at step ``t`` uses the hypergradient computed during step
+``t - 1`` (as in Baydin et al., the learning rate is updated just before it is
+used), so the state carries it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from hypergrad._src import online
+
+PyTree = Any
+
+
+class HDState(NamedTuple):
+  """State of :func:`hypergradient_descent`.
+
+  Attributes:
+    inner: the inner state.
+    hparams: current values (leaves without the interval axis); after
+      ``update(state, t)``, the values step ``t`` used.
+    hypergrad: the one-step hypergradient computed during the last step, to
+      be applied by the next ``update``; zeros after ``init``.
+  """
+  inner: PyTree
+  hparams: PyTree
+  hypergrad: PyTree
+
+
+def _init(cfg, step_fn, loss_fn, step_loss_fn, inner_state, hparams):
+  del step_loss_fn
+  values = online.initial_values(hparams, 'hypergradient_descent')
+  online.check_unroll(step_fn, loss_fn, inner_state, hparams)
+  online.per_leaf(cfg, values)  # Names in meta_lr must match: no compute.
+  return HDState(inner_state, values, jax.tree.map(jnp.zeros_like,
+                                                     values))
+
+
+def _update(cfg, step_fn, loss_fn, step_loss_fn, state: HDState, t):
+  t = jnp.asarray(t, jnp.int32)
+  # A zero hypergradient (after init) leaves the values unchanged under all
+  # three rules, so no branch is needed for the first step.
+  values = online.meta_step(cfg, state.hparams, state.hypergrad)
+
+  def one_step_loss(h):
+    new_inner = step_fn(state.inner, h, t)
+    if step_loss_fn is not None:
+      return step_loss_fn(new_inner, t + 1), new_inner
+    return loss_fn(new_inner), new_inner
+
+  # The state is a constant here: only the path through this one step's use
+  # of h is differentiated.
+  grads, new_inner = jax.grad(one_step_loss, has_aux=True)(values)
+  grads = jax.tree.map(lambda g, h: g.astype(h.dtype), grads, values)
+  return HDState(new_inner, values, grads)
+
+
+def hypergradient_descent(step_fn: Callable, loss_fn: Callable, *,
+                          meta_lr=1e-3, step_loss_fn: Callable | None = None,
+                          meta_update: str = 'sgd',
+                          bounds=None) -> online.OnlineMethod:
+  r"""Hypergradient descent: every step, a one-step hypergradient update.
+
+  Every hyperparameter in ``hparams`` is learned (fix the others in the step
+  builder). Per step: one inner step, one vector-Jacobian product of it with
+  respect to the hyperparameters, and one gradient of ``L`` (see the module
+  docstring): about twice the cost of plain training.
+
+  Args:
+    step_fn: ``step_fn(state, hparams_t, t) -> state``, as for
+      ``forward_hypergrad``.
+    loss_fn: ``loss_fn(state) -> scalar``, the validation loss; the one-step
+      loss unless ``step_loss_fn`` is given.
+    meta_lr: ``beta``, a positive float or a mapping name -> positive float.
+      Baydin et al. use ``1e-3`` for SGD; it multiplies a dot product of
+      gradients, so its right size goes like ``1 / ||g||^2`` (or use
+      ``meta_update='sign'``, which is scale free).
+    step_loss_fn: optional ``step_loss_fn(state, t) -> scalar``, the training
+      loss of the minibatch of step ``t`` at ``state``. If given, HD uses
+      the next minibatch's training loss (Baydin's rule).
+    meta_update: ``'sgd'``, ``'sign'`` or ``'normalized'`` (see
+      :mod:`hypergrad._src.online`).
+    bounds: None, ``(lo, hi)`` for all values, or a mapping name ->
+      ``(lo, hi)`` (e.g. ``hypergrad.SGD_BOUNDS``); ``None`` in a pair means
+      unbounded. Values are clipped after every meta step (initial values
+      outside the bounds from step 0 on).
+
+  Returns:
+    An :class:`OnlineMethod` with state :class:`HDState`.
+
+  Raises:
+    ValueError: a non-positive or non-finite ``meta_lr``, an unknown
+      ``meta_update`` or malformed ``bounds``; at construction.
+
+  Example:
+    >>> method = hypergrad.hypergradient_descent(
+    ...     step_fn, loss_fn, meta_lr=1e-3,
+    ...     step_loss_fn=lambda s, t: train_loss(s.params, t))
+    >>> final, sched = hypergrad.run_online(
+    ...     method, state, {'lr': hypergrad.constant(0.01)}, 1000)
+  """
+  cfg = online.meta_config(meta_lr, meta_update, bounds)
+  return online.make_method(online.Static(_init, (cfg,)),
+                            online.Static(_update, (cfg,)),
+                            (step_fn, loss_fn, step_loss_fn))

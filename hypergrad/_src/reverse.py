@@ -1,0 +1,151 @@
+r"""Reverse-mode hypergradients: backpropagation through the unroll.
+
+Reverse mode (Franceschi et al. 2017, "Forward and Reverse Gradient-Based
+Hyperparameter Optimization") differentiates the same dynamics as forward
+mode, ``s_{t+1} = Phi(s_t, lambda_t, t)``, by the adjoint recursion
+
+    a_T = grad E(s_T),
+    a_t = a_{t+1} (d Phi / d s)(s_t, lambda_t, t),
+    d E / d lambda = sum_t a_{t+1} (d Phi / d lambda_t)(s_t, lambda_t, t)
+                     (d lambda_t / d lambda),
+
+which is exactly ``jax.grad`` through the ``lax.scan`` unroll. One backward
+pass gives the derivative with respect to *every* hyperparameter value at
+once, but it visits the states in reverse order, so they must be stored (or
+recomputed).
+
+Time and memory against forward mode (``forward_hypergrad``), for ``T`` inner
+steps, ``K`` scalar hyperparameter values and a state of ``|s|`` numbers
+(time in units of plain training of the same ``T`` steps; the measured
+figures are for the MLP of ``benchmarks/memory_vs_horizon.py``, K = 9, on CPU):
+
+==================  ==============================  ===========================
+estimator           time                            memory
+==================  ==============================  ===========================
+forward             ``~1 + a K`` (``a`` ~ 1-2)     ``O(K |s|)``, flat in ``T``
+                    (9-16x for K = 9)               (5 MiB at any T)
+reverse             ``~5-8x``, whatever ``K``       ``O(T r)``, ``r`` the
+                                                    residuals of one step
+                                                    (0.67 MiB/step: 6.7 GB at
+                                                    T = 1e4)
+reverse, ``c``      ``~4.5-6x`` (one extra forward  ``O((T / c) |s| + c r)``
+                    pass, but less memory traffic)  (88 MiB at T = 1e4,
+                                                    c = 100)
+==================  ==============================  ===========================
+
+``c = checkpoint_every``; ``c ~ sqrt(T)`` gives ``O(sqrt(T))`` memory, and
+``c = 1`` stores exactly the ``T`` states (``T |s|``, about 3x less than the
+per-step residuals ``r`` here) for the price of recomputing each step.
+Forward mode wins for a handful of values (the FDS setting: ~10 shared
+schedule values) and very long horizons, where reverse mode's memory becomes
+the limit; reverse mode wins when hyperparameters are many, e.g. one learning
+rate per parameter or one weight per training example, where ``K`` tangents
+would each be the size of the state and cost a step each.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+
+from hypergrad._src import forward as forward_lib
+from hypergrad._src import unroll as unroll_lib
+
+PyTree = Any
+
+
+def validate_checkpoint_every(checkpoint_every):
+  """Checks ``checkpoint_every`` is None or an int >= 1; returns it."""
+  if checkpoint_every is None:
+    return None
+  if (isinstance(checkpoint_every, bool)
+      or not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+    raise ValueError(
+        'checkpoint_every must be None or an int >= 1 (the number of inner '
+        f'steps per rematerialised block), got checkpoint_every='
+        f'{checkpoint_every!r}.')
+  return int(checkpoint_every)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _reverse_hypergrad(num_steps, checkpoint_every, step_fn, loss_fn,
+                       init_state, hparams):
+  # Runs once per trace, i.e. once per compilation.
+  unroll_lib.check_step_fn(step_fn, loss_fn, init_state, hparams, num_steps)
+
+  def outer_loss(h):
+    final = unroll_lib.unroll(step_fn, init_state, h, num_steps,
+                              checkpoint_every=checkpoint_every)
+    return loss_fn(final)
+
+  loss, grads = jax.value_and_grad(outer_loss)(hparams)
+  # A float32 loss of a float64 schedule (or vice versa) must not change the
+  # dtypes the outer optimiser sees.
+  grads = jax.tree.map(lambda g, h: g.astype(h.dtype), grads, hparams)
+  return loss, grads
+
+
+def reverse_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,
+                      checkpoint_every: int | None = None):
+  r"""Loss and hypergradient of ``loss_fn`` after a whole inner run, reverse mode.
+
+  Same contract and return as :func:`hypergrad.forward_hypergrad`: runs
+  ``state_{t+1} = step_fn(state_t, hparams_t, t)`` for ``t < num_steps`` with
+  every schedule leaf indexed at ``(t * n) // num_steps``, and returns
+  ``d loss_fn(state_T) / d hparams``, here by backpropagating through the
+  ``lax.scan`` unroll (one backward pass for all values).
+
+  Memory: without checkpointing the backward pass keeps the residuals of all
+  ``T`` steps. With ``checkpoint_every=c`` the unroll is a scan over blocks of
+  ``c`` steps, each block rematerialised (``jax.checkpoint``): only the
+  ``~T / c`` block-boundary states are stored and a block's ``c`` steps are
+  recomputed during its backward pass, for a peak of ``~T / c + c`` stored
+  steps and one extra forward pass of compute. ``c = round(sqrt(T))``
+  minimises it: ``O(sqrt(T))`` memory. A final partial block (``c`` not
+  dividing ``T``) is run unrematerialised; ``c >= T`` means no checkpointing.
+  See the module docstring for the trade-off against forward mode.
+
+  Compiled once per (``step_fn``, ``loss_fn``, ``num_steps``,
+  ``checkpoint_every``, shapes and dtypes); new hyperparameter values (and
+  new arrays bound with ``jax.tree_util.Partial``) do not recompile.
+
+  Args:
+    step_fn: ``step_fn(state, hparams_t, t) -> state``, one pure inner step;
+      ``t`` is a traced int32 step index. A function or a
+      ``jax.tree_util.Partial``.
+    loss_fn: ``loss_fn(final_state) -> scalar``, the outer (validation) loss.
+    init_state: pytree, the inner state at step 0. Integer leaves (counters,
+      PRNG keys) are carried but not differentiated.
+    hparams: pytree of schedule leaves of shape ``(n, ...)``, ``n`` values
+      shared over ``n`` contiguous intervals; ``n`` may differ per leaf.
+    num_steps: the horizon ``T``, a Python int.
+    checkpoint_every: None, or the block length ``c >= 1`` of the
+      rematerialised scan.
+
+  Returns:
+    ``(loss, hypergrads)``: the scalar outer loss and ``d loss / d hparams``
+    with exactly the structure, shapes and dtypes of ``hparams``.
+
+  Raises:
+    ValueError, TypeError: bad ``num_steps``, schedule leaves,
+      ``checkpoint_every``, or a ``step_fn`` that changes the state's
+      structure; before any compute.
+
+  Example:
+    >>> import jax.numpy as jnp, hypergrad
+    >>> step = lambda w, h, t: w - h['lr'] * 2.0 * (w - 3.0)
+    >>> loss, g = hypergrad.reverse_hypergrad(
+    ...     step, lambda w: (w - 3.0) ** 2, jnp.zeros(()),
+    ...     {'lr': jnp.full((2,), 0.1)}, num_steps=100, checkpoint_every=10)
+    >>> g['lr'].shape
+    (2,)
+  """
+  checkpoint_every = validate_checkpoint_every(checkpoint_every)
+  init_state, hparams, num_steps = forward_lib.validate_common(
+      init_state, hparams, num_steps)
+  return _reverse_hypergrad(num_steps, checkpoint_every,
+                            unroll_lib.as_pytree_fn(step_fn),
+                            unroll_lib.as_pytree_fn(loss_fn), init_state,
+                            hparams)
