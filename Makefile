@@ -12,9 +12,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-# The main job on an embedded dataset (no download).
+# The main job: FDS on MNIST-1D (generated locally, no download).
 run: $(VENV)/.installed
-	$(PY) -m launch.check_hypergrad
+	$(PY) -m launch.fds --task mnist1d_mlp
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2

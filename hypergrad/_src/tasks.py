@@ -1,0 +1,325 @@
+"""Tasks: a dataset, a model, an inner optimiser and a validation loss.
+
+A :class:`Task` produces the ``step_fn``, ``loss_fn`` and ``init_state`` of the
+core contract for any validation split and inner initialisation, plus
+``evaluate(state, split)``. The data pool sits on the device once; a split is
+a pair of index arrays and the batch order a PRNG key in the state, so
+re-drawing either between outer steps changes arguments, not the compiled
+program.
+
+The inner optimiser is SGD with momentum and coupled weight decay in the FDS
+form; hyperparameters are read from ``hparams_t`` by name (``lr``,
+``momentum``, ``weight_decay``), with the task's plain defaults for names not
+being learned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hypergrad._src import data as data_lib
+from hypergrad._src import inner
+from hypergrad._src import models as models_lib
+from hypergrad._src import schedule
+from hypergrad._src import unroll as unroll_lib
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """What a named task is made of.
+
+  Attributes:
+    dataset: a :data:`hypergrad.data.DATASET_NAMES` entry.
+    model: a model name for :func:`make_model`.
+    model_kwargs: extra model attributes, as a tuple of (name, value) pairs.
+    batch_size: inner minibatch size.
+    augment: random crop and flip inside the step (CIFAR-10).
+    default_hparams: the plain schedule a practitioner would try first (one
+      interval each): the baseline the learned schedule is compared with.
+    horizon: default inner steps per hypergradient.
+    val_fraction: share of the training set held out for validation.
+  """
+  dataset: str
+  model: str
+  model_kwargs: tuple = ()
+  batch_size: int = 128
+  augment: bool = False
+  default_hparams: tuple = (('lr', 0.1), ('momentum', 0.9),
+                            ('weight_decay', 5e-4))
+  horizon: int = 1000
+  val_fraction: float = 0.05
+
+
+TASKS = {
+    'mnist1d_mlp': TaskSpec('mnist1d', 'mlp',
+                            (('widths', (128, 128)), ('activation', 'relu')),
+                            batch_size=128, horizon=1500),
+    'digits_mlp': TaskSpec('digits', 'mlp',
+                           (('widths', (128,)), ('activation', 'tanh')),
+                           batch_size=64, horizon=500, val_fraction=0.1),
+    'mnist1d_lenet': TaskSpec('mnist1d', 'lenet', batch_size=128,
+                              horizon=1500),
+    'fashion_mnist_lenet': TaskSpec('fashion_mnist', 'lenet', batch_size=128,
+                                    horizon=2000),
+    'mnist_lenet': TaskSpec('mnist', 'lenet', batch_size=128, horizon=2000),
+    'svhn_lenet': TaskSpec('svhn_cropped', 'lenet', batch_size=128,
+                           horizon=4000),
+    'cifar10_wrn16_1': TaskSpec('cifar10', 'wrn-16-1', batch_size=256,
+                                augment=True, horizon=10000),
+}
+
+
+class TaskState(NamedTuple):
+  """The inner state of a task's unroll.
+
+  Attributes:
+    opt: :class:`SGDState` (params, velocity, BatchNorm statistics).
+    key: raw ``uint32[2]`` PRNG key fixing batch order and augmentation.
+  """
+  opt: inner.SGDState
+  key: jax.Array
+
+
+class Split(NamedTuple):
+  """Index arrays into the on-device training pool."""
+  train: jax.Array
+  val: jax.Array
+
+
+def _xent(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32) if logits.dtype == jnp.float16 else logits,
+      labels).mean()
+
+
+def _task_step(static, x_pool, y_pool, train_idx, state: TaskState, hparams_t,
+               t):
+  model, batch_size, augment, fixed = static
+  key = jax.random.fold_in(state.key, 1)
+
+  def train_loss(params, model_state, t):
+    idx = train_idx[data_lib.batch_indices(key, t, batch_size,
+                                           train_idx.shape[0])]
+    xb, yb = x_pool[idx], y_pool[idx]
+    if augment:
+      xb = data_lib.augment(jax.random.fold_in(state.key, t), xb)
+    logits, model_state = models_lib.apply_model(model, params, model_state,
+                                                 xb, train=True)
+    return _xent(logits, yb), model_state
+
+  step = inner.sgd_momentum_step(train_loss, with_model_state=True, **fixed)
+  return TaskState(step(state.opt, hparams_t, t), state.key)
+
+
+def _task_val_loss(model, x_pool, y_pool, val_idx, state: TaskState):
+  logits, _ = models_lib.apply_model(model, state.opt.params,
+                                     state.opt.model_state, x_pool[val_idx],
+                                     train=False)
+  return _xent(logits, y_pool[val_idx])
+
+
+class Problem(NamedTuple):
+  """One instance of a task: the core contract's three pieces."""
+  step_fn: Callable
+  loss_fn: Callable
+  init_state: TaskState
+
+
+class Task:
+  """A dataset, a flax model and the FDS inner optimiser, ready to unroll.
+
+  Example:
+    >>> task = make_task('mnist1d_mlp')
+    >>> step_fn, loss_fn, state = task.problem(split_seed=0, init_seed=0)
+    >>> loss, g = hypergrad.forward_hypergrad(step_fn, loss_fn, state,
+    ...                                       hparams, 1000)
+    >>> task.evaluate(final_state, 'test')   # {'loss': ..., 'accuracy': ...}
+  """
+
+  def __init__(self, name: str, spec: TaskSpec, dataset: data_lib.Dataset, *,
+               dtype=jnp.float32, fixed_hparams: Mapping[str, float] | None
+               = None, eval_batch_size: int = 1000):
+    self.name = name
+    self.spec = spec
+    self.dataset = dataset
+    self.dtype = jnp.dtype(dtype)
+    self.model = models_lib.make_model(spec.model, dataset.num_classes,
+                                       **dict(spec.model_kwargs))
+    x_pool, y_pool = data_lib.pooled_train(dataset)
+    data_lib.check_fits(dataset)
+    self.x_pool = jnp.asarray(x_pool, self.dtype)
+    self.y_pool = jnp.asarray(y_pool)
+    self.x_test = jnp.asarray(dataset.x_test, self.dtype)
+    self.y_test = jnp.asarray(dataset.y_test)
+    self.eval_batch_size = eval_batch_size
+    # Hyperparameters not learned take the task's plain values.
+    fixed = dict(spec.default_hparams)
+    fixed.update(fixed_hparams or {})
+    self.fixed_hparams = fixed
+    if spec.batch_size > len(dataset.train_index):
+      raise ValueError(f'batch_size={spec.batch_size} exceeds the '
+                       f'{len(dataset.train_index)} training examples.')
+    # Stable function identities: new splits and inits re-use the compiled
+    # unroll (the estimators key their compilation cache on them).
+    self._step_impl = functools.partial(
+        _task_step, (self.model, spec.batch_size, spec.augment,
+                     {k: v for k, v in fixed.items()}))
+    self._val_impl = functools.partial(_task_val_loss, self.model)
+    self._eval = jax.jit(functools.partial(_evaluate, self.model,
+                                           eval_batch_size))
+
+  # -- the core contract -----------------------------------------------------
+
+  def split(self, seed: int) -> Split:
+    """A validation split re-drawn from the pool (FDS re-draws it each outer step)."""
+    n_pool = self.x_pool.shape[0]
+    n_val = len(self.dataset.val_index)
+    tr, va = data_lib.split_indices(seed, n_pool, n_val / n_pool)
+    return Split(jnp.asarray(tr, jnp.int32), jnp.asarray(va, jnp.int32))
+
+  def default_split(self) -> Split:
+    """The split the dataset was loaded with."""
+    return Split(jnp.asarray(self.dataset.train_index, jnp.int32),
+                 jnp.asarray(self.dataset.val_index, jnp.int32))
+
+  def init_state(self, seed: int) -> TaskState:
+    """Fresh parameters, zero velocity, fresh BatchNorm statistics and batch key."""
+    k_init, k_data = jax.random.split(jax.random.PRNGKey(seed))
+    params, model_state = models_lib.init_model(
+        self.model, k_init, self.dataset.input_shape, dtype=self.dtype)
+    return TaskState(inner.sgd_init(params, model_state), k_data)
+
+  def step_fn(self, split: Split):
+    return jax.tree_util.Partial(self._step_impl, self.x_pool, self.y_pool,
+                                 split.train)
+
+  def loss_fn(self, split: Split):
+    return jax.tree_util.Partial(self._val_impl, self.x_pool, self.y_pool,
+                                 split.val)
+
+  def problem(self, split_seed: int | None = None, init_seed: int = 0
+              ) -> Problem:
+    """``(step_fn, loss_fn, init_state)`` for a split and an initialisation.
+
+    Args:
+      split_seed: seed of the validation split; None keeps the loaded split.
+      init_seed: seed of the parameters and batch order.
+    """
+    split = self.default_split() if split_seed is None else self.split(
+        split_seed)
+    return Problem(self.step_fn(split), self.loss_fn(split),
+                   self.init_state(init_seed))
+
+  # -- training and evaluation ----------------------------------------------
+
+  def default_hparams(self, intervals: Mapping[str, int] | None = None):
+    """The task's plain schedule, as constant schedules of ``intervals`` pieces."""
+    intervals = intervals or {}
+    return {k: schedule.constant(v, intervals.get(k, 1), self.dtype)
+            for k, v in self.spec.default_hparams}
+
+  def train(self, hparams, num_steps: int, *, init_seed: int = 0,
+            split: Split | None = None) -> TaskState:
+    """Trains from scratch with a schedule (no hypergradient)."""
+    num_steps = schedule.validate_num_steps(num_steps)
+    hparams = schedule.validate_hparams(hparams, num_steps)
+    split = split or self.default_split()
+    return _train(num_steps, self.step_fn(split), self.init_state(init_seed),
+                  hparams)
+
+  def evaluate(self, state: TaskState, split: str = 'test',
+               indices: Split | None = None) -> dict:
+    """Loss and accuracy with BatchNorm running statistics.
+
+    Args:
+      state: a :class:`TaskState`.
+      split: ``'train'``, ``'val'`` or ``'test'``.
+      indices: the train/validation split to use for ``'train'``/``'val'``;
+        default: the loaded one.
+
+    Returns:
+      ``{'loss': float, 'accuracy': float}``.
+    """
+    if split == 'test':
+      x, y = self.x_test, self.y_test
+    elif split in ('train', 'val'):
+      idx = (indices or self.default_split())[0 if split == 'train' else 1]
+      x, y = self.x_pool[idx], self.y_pool[idx]
+    else:
+      raise ValueError(f"split must be 'train', 'val' or 'test', got "
+                       f'{split!r}.')
+    loss, acc = self._eval(state.opt.params, state.opt.model_state, x, y)
+    return {'loss': float(loss), 'accuracy': float(acc)}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _train(num_steps, step_fn, init_state, hparams):
+  return unroll_lib.unroll(step_fn, init_state, hparams, num_steps)
+
+
+def _evaluate(model, batch_size, params, model_state, x, y):
+  n = x.shape[0]
+  num_batches = -(-n // batch_size)
+  pad = num_batches * batch_size - n
+  xp = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
+  yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
+  mask = jnp.arange(num_batches * batch_size) < n
+
+  def one(args):
+    xb, yb, mb = args
+    logits, _ = models_lib.apply_model(model, params, model_state, xb,
+                                       train=False)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+    correct = jnp.argmax(logits, -1).astype(yb.dtype) == yb
+    return (jnp.sum(jnp.where(mb, losses, 0)),
+            jnp.sum(jnp.where(mb, correct, False)))
+
+  shape = lambda a: a.reshape((num_batches, batch_size) + a.shape[1:])
+  losses, correct = jax.lax.map(one, (shape(xp), shape(yp), shape(mask)))
+  return jnp.sum(losses) / n, jnp.sum(correct) / n
+
+
+def make_task(name: str, *, data_dir: str | None = None, seed: int = 0,
+              dtype=jnp.float32, val_fraction: float | None = None,
+              **overrides) -> Task:
+  """Builds a named task.
+
+  Args:
+    name: one of :data:`TASKS` (``mnist1d_mlp``, ``digits_mlp``,
+      ``fashion_mnist_lenet``, ``mnist_lenet``, ``svhn_lenet``,
+      ``cifar10_wrn16_1``, ...).
+    data_dir: where prepared datasets live (tfds ``data_dir`` or an IDX
+      folder); embedded datasets ignore it.
+    seed: seed of the loaded validation split.
+    dtype: float dtype of data and parameters.
+    val_fraction: override of the task's validation share.
+    **overrides: other :class:`TaskSpec` fields, e.g. ``batch_size=32``.
+
+  Raises:
+    ValueError: unknown task name or bad override (before loading data).
+    DatasetNotFoundError: a dataset that needs preparing is absent.
+  """
+  if name not in TASKS:
+    raise ValueError(f'unknown task {name!r}; known tasks: '
+                     f'{", ".join(sorted(TASKS))}.')
+  spec = TASKS[name]
+  if val_fraction is not None:
+    overrides['val_fraction'] = val_fraction
+  try:
+    spec = dataclasses.replace(spec, **overrides)
+  except TypeError as e:
+    raise ValueError(f'bad task override for {name!r}: {e}') from None
+  if spec.batch_size < 1:
+    raise ValueError(f'batch_size must be >= 1, got {spec.batch_size}.')
+  dataset = data_lib.load_dataset(spec.dataset, data_dir=data_dir,
+                                  val_fraction=spec.val_fraction, seed=seed)
+  return Task(name, spec, dataset, dtype=dtype)

@@ -1,0 +1,36 @@
+"""Shared defaults of every FDS task config (see the task files for commands)."""
+
+import ml_collections
+
+
+def get_base_config(task: str) -> ml_collections.ConfigDict:
+  """FDS defaults from the paper, for ``task``.
+
+  Fields: see ``launch/train.py``'s module docstring.
+  """
+  c = ml_collections.ConfigDict()
+  c.task = task
+  c.data_dir = ''               # '' = the dataset's default location
+  c.seed = 0
+  c.horizon = 1000              # inner steps per hypergradient (and retrain)
+  c.batch_size = 0              # 0 = the task's default
+  c.val_fraction = 0.05         # FDS: 5% of the training set
+  c.hyperparams = 'lr,momentum,weight_decay'
+  c.intervals = ml_collections.ConfigDict(
+      {'lr': 7, 'momentum': 1, 'weight_decay': 1})
+  # Initial values: 0, as in the FDS reference.
+  c.init = ml_collections.ConfigDict(
+      {'lr': 0.0, 'momentum': 0.0, 'weight_decay': 0.0})
+  # Initial outer step sizes (the paper's: lr 0.1, momentum 0.1, wd 3e-4).
+  c.step_sizes = ml_collections.ConfigDict(
+      {'lr': 0.1, 'momentum': 0.1, 'weight_decay': 3e-4})
+  c.outer_steps = 10
+  c.tol = 0.05                  # converged when every step < 5% of its value
+  c.estimator = 'forward'       # forward | reverse
+  c.checkpoint_every = 0        # reverse mode rematerialisation block; 0 = none
+  c.chunk_size = 0              # forward mode: max tangents at once; 0 = all
+  c.redraw_val = True           # FDS re-draws the validation split per outer step
+  c.fresh_init = True           # fresh inner initialisation per outer step
+  c.retrain_steps = 0           # 0 = horizon
+  c.progress_every = 0          # inner-step progress period; 0 = horizon // 10
+  return c
