@@ -50,6 +50,7 @@ from hypergrad._src.transforms import softplus
 from hypergrad._src.truncated import TruncatedState
 from hypergrad._src.truncated import truncated_greedy
 from hypergrad._src.unroll import Progress
+from hypergrad._src.unroll import UnrollInfo
 from hypergrad._src.unroll import unroll
 
 __version__ = '0.1.0'
@@ -79,6 +80,7 @@ __all__ = (
     'SGD_BOUNDS',
     'SGD_HPARAMS',
     'TruncatedState',
+    'UnrollInfo',
     'constant',
     'expand',
     'forward_hypergrad',

@@ -118,7 +118,8 @@ class _Metrics:
   """CSV and TensorBoard rows, one per outer step; rewritten on resume."""
 
   FIELDS = ('outer_step', 'accepted', 'val_loss', 'val_accuracy',
-            'hypergrad_norm', 'seconds', 'inner_steps', 'wall_time')
+            'nonfinite_step', 'hypergrad_norm', 'seconds', 'inner_steps',
+            'wall_time')
 
   def __init__(self, workdir: str, records: list[dict]):
     self.path = os.path.join(workdir, 'metrics.csv')
@@ -182,23 +183,24 @@ def _hypergrad_fn(config, task, estimator_cost):
                            disable=None)
     try:
       if config.estimator == 'forward':
-        loss, grads, final = hypergrad.forward_hypergrad(
+        loss, grads, info = hypergrad.forward_hypergrad(
             step_fn, loss_fn, state, hparams, config.horizon,
             chunk_size=config.chunk_size or None, progress=progress,
-            return_state=True)
+            return_info=True)
       else:
-        loss, grads = hypergrad.reverse_hypergrad(
+        loss, grads, info = hypergrad.reverse_hypergrad(
             step_fn, loss_fn, state, hparams, config.horizon,
-            checkpoint_every=config.checkpoint_every or None)
-        final = None
+            checkpoint_every=config.checkpoint_every or None,
+            return_info=True)
       jax.block_until_ready(grads)
       jax.effects_barrier()
     finally:
       bar['bar'].close()
       bar['bar'] = None
+    extra['nonfinite_step'] = int(info.nonfinite_step)
     extra['val_accuracy'] = (
-        task.evaluate(final, 'val', split)['accuracy'] if final is not None
-        else float('nan'))
+        task.evaluate(info.final_state, 'val', split)['accuracy']
+        if extra['nonfinite_step'] < 0 else float('nan'))
     extra['inner_steps'] = estimator_cost
     return loss, grads
 
@@ -267,6 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   def callback(new_state, record):
     record.update(val_accuracy=extra['val_accuracy'],
+                  nonfinite_step=extra['nonfinite_step'],
                   inner_steps=extra['inner_steps'],
                   wall_time=prior_seconds + time.time() - start)
     record = ckpt_lib.jsonable(record)
@@ -274,7 +277,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     metrics.write(record)
     checkpointer.save(new_state, records)
     bar.update(1)
-    status = 'accepted' if record['accepted'] else 'REJECTED (diverged)'
+    status = 'accepted' if record['accepted'] else (
+        'REJECTED: inner run diverged at inner step '
+        f'{record["nonfinite_step"]}; backing off')
     logging.info('outer step %d %s: val loss %.4f, val acc %.4f, %.1fs',
                  record['outer_step'], status, record['val_loss'],
                  record['val_accuracy'], record['seconds'])

@@ -281,3 +281,42 @@ class BadInputTest(parameterized.TestCase):
   def test_unknown_sgd_hyperparameter(self):
     with pytest.raises(KeyError, match='nesterov'):
       self._call({'lr': jnp.array([0.1]), 'nesterov': jnp.array([0.1])})
+
+
+class NonFiniteTest(parameterized.TestCase):
+
+  @parameterized.parameters('forward', 'reverse')
+  def test_first_nonfinite_step_reported(self, estimator):
+    def step_fn(w, h, t):
+      w = w - h['lr'] * w
+      return jnp.where(t >= 7, w * jnp.nan, w)  # state goes NaN at step 7
+
+    fn = (hypergrad.forward_hypergrad if estimator == 'forward'
+          else hypergrad.reverse_hypergrad)
+    loss, _, info = fn(step_fn, lambda w: jnp.sum(w ** 2), jnp.ones(3),
+                       {'lr': jnp.array([0.1, 0.2])}, 12, return_info=True)
+    self.assertFalse(np.isfinite(float(loss)))
+    self.assertEqual(int(info.nonfinite_step), 7)
+
+  def test_finite_run_reports_minus_one_and_final_state(self):
+    step_fn, loss_fn, state = helpers.sgd_problem()
+    hparams = {'lr': jnp.array([0.05, 0.1])}
+    loss, _, info = hypergrad.forward_hypergrad(step_fn, loss_fn, state,
+                                                hparams, 10, return_info=True)
+    self.assertEqual(int(info.nonfinite_step), -1)
+    chex.assert_trees_all_close(
+        info.final_state, hypergrad.unroll(step_fn, state, hparams, 10))
+    chex.assert_trees_all_close(loss, loss_fn(info.final_state))
+
+  def test_tangent_blow_up_with_finite_state_is_caught(self):
+    # d sqrt(w)/dw is infinite at w = 0 (set at step 4): the state stays
+    # finite, the tangent of step 4's output does not, and the hypergradient
+    # would silently be garbage.
+    def step_fn(w, h, t):
+      w = jnp.where(t == 4, 0.0, w)
+      return w + h['lr'] * jnp.sqrt(w)
+
+    _, _, info = hypergrad.forward_hypergrad(
+        step_fn, lambda w: jnp.sum(w), jnp.ones(2), {'lr': jnp.array([0.1])},
+        8, return_info=True)
+    self.assertEqual(int(info.nonfinite_step), 4)

@@ -83,12 +83,19 @@ def _hparam_tangents(hparams_leaves, dirs, intervals):
 
 def _chunk_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps, dirs,
                      progress=None):
-  """Loss and hypergradient values for one chunk of directions."""
+  """Loss, hypergradient values and unroll info for one chunk of directions."""
   report = unroll_lib.progress_reporter(progress, num_steps)
   h_leaves, h_def = jax.tree.flatten(hparams)
   split = unroll_lib.split_state(init_state)
   diff, rest = split.diff, split.rest
   tangents = None  # list of (k, *leaf.shape) arrays, one per diff leaf
+  bad = jnp.int32(-1)  # first step whose output is non-finite
+
+  def step(diff_, rest_, h_, t):
+    out = step_fn(unroll_lib.merge_state(diff_, rest_, split.treedef,
+                                         split.mask), h_, t)
+    out = unroll_lib.split_state(out)
+    return out.diff, out.rest
 
   for seg in schedule.segments(hparams, num_steps):
     active = [d for d in dirs if d.start <= seg.start]
@@ -97,21 +104,17 @@ def _chunk_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps, dirs,
     length = seg.stop - seg.start
     t0 = jnp.int32(seg.start)
 
-    def step(diff_, rest_, h_, t):
-      out = step_fn(unroll_lib.merge_state(diff_, rest_, split.treedef,
-                                           split.mask), h_, t)
-      out = unroll_lib.split_state(out)
-      return out.diff, out.rest
-
     # The step index rides in the carry rather than as scanned-over input:
     # an int32[T] input would make memory grow with the horizon.
     if not active:
       def plain_body(carry, _, h_seg=h_seg):
-        diff_, rest_, t = carry
+        diff_, rest_, t, bad_ = carry
         report(t)
-        return (*step(diff_, rest_, h_seg, t), t + 1), None
-      diff, rest, _ = jax.lax.scan(plain_body, (diff, rest, t0), None,
-                                   length)[0]
+        new_diff, new_rest = step(diff_, rest_, h_seg, t)
+        bad_ = unroll_lib.first_nonfinite(bad_, t, new_diff)
+        return (new_diff, new_rest, t + 1, bad_), None
+      diff, rest, _, bad = jax.lax.scan(plain_body, (diff, rest, t0, bad),
+                                        None, length)[0]
       continue
 
     k = len(active)
@@ -125,15 +128,16 @@ def _chunk_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps, dirs,
         h_def, _hparam_tangents(h_leaves, active, seg.intervals))
 
     def body(carry, _, h_seg=h_seg, dh=dh):
-      diff_, rest_, tan, t = carry
+      diff_, rest_, tan, t, bad_ = carry
       report(t)
       new_diff, lin, new_rest = jax.linearize(
           lambda d, h: step(d, rest_, h, t), diff_, h_seg, has_aux=True)
       new_tan = jax.vmap(lin)(tan, dh)
-      return (new_diff, new_rest, new_tan, t + 1), None
+      bad_ = unroll_lib.first_nonfinite(bad_, t, (new_diff, new_tan))
+      return (new_diff, new_rest, new_tan, t + 1, bad_), None
 
-    diff, rest, tangents, _ = jax.lax.scan(
-        body, (diff, rest, tangents, t0), None, length)[0]
+    diff, rest, tangents, _, bad = jax.lax.scan(
+        body, (diff, rest, tangents, t0, bad), None, length)[0]
 
   final_loss_fn = lambda d: loss_fn(unroll_lib.merge_state(
       d, rest, split.treedef, split.mask))
@@ -143,12 +147,12 @@ def _chunk_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps, dirs,
       jnp.tensordot(z.reshape(z.shape[0], -1), gl.reshape(-1).astype(z.dtype),
                     axes=1)
       for z, gl in zip(tangents, g))
-  return loss, values, final_state
+  return loss, values, unroll_lib.UnrollInfo(final_state, bad)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
 def _forward_hypergrad(num_steps, chunk_size, skip_unstarted, progress,
-                       return_state, step_fn, loss_fn, init_state, hparams):
+                       return_info, step_fn, loss_fn, init_state, hparams):
   # Runs once per trace, i.e. once per compilation: the structural check costs
   # nothing on later outer steps.
   unroll_lib.check_step_fn(step_fn, loss_fn, init_state, hparams, num_steps)
@@ -158,13 +162,16 @@ def _forward_hypergrad(num_steps, chunk_size, skip_unstarted, progress,
   total = sum(h.size for h in h_leaves)
   flat_dtype = jnp.result_type(*h_leaves)
   flat = jnp.zeros((total,), flat_dtype)
-  loss = final_state = None
+  loss = info = None
   for c in range(0, len(dirs), chunk):
     group = dirs[c:c + chunk]
-    chunk_loss, values, chunk_state = _chunk_hypergrad(
+    chunk_loss, values, chunk_info = _chunk_hypergrad(
         step_fn, loss_fn, init_state, hparams, num_steps, group, progress)
     if loss is None:
-      loss, final_state = chunk_loss, chunk_state
+      loss, info = chunk_loss, chunk_info
+    else:  # every chunk reruns the same primal; its tangents may still blow up
+      info = info._replace(nonfinite_step=unroll_lib.earliest(
+          info.nonfinite_step, chunk_info.nonfinite_step))
     flat = flat.at[np.array([d.flat for d in group])].set(
         values.astype(flat_dtype))
   out, offset = [], 0
@@ -172,8 +179,8 @@ def _forward_hypergrad(num_steps, chunk_size, skip_unstarted, progress,
     out.append(flat[offset:offset + h.size].reshape(h.shape).astype(h.dtype))
     offset += h.size
   hypergrads = jax.tree.unflatten(h_def, out)
-  if return_state:
-    return loss, hypergrads, final_state
+  if return_info:
+    return loss, hypergrads, info
   return loss, hypergrads
 
 
@@ -189,7 +196,7 @@ def forward_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,
                       *, chunk_size: int | None = None,
                       skip_unstarted: bool = True,
                       progress: unroll_lib.Progress | None = None,
-                      return_state: bool = False):
+                      return_info: bool = False):
   """Loss and hypergradient of ``loss_fn`` after a whole inner run, forward mode.
 
   Runs ``state_{t+1} = step_fn(state_t, hparams_t, t)`` for ``t < num_steps``
@@ -225,13 +232,15 @@ def forward_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,
       on the host every ``every`` inner steps (once per chunk), so a
       10^4-step hypergradient is never silent. Keep the same object across
       calls: it is part of the compilation key.
-    return_state: also return the inner state after the last step (to
-      evaluate the trained model without another unroll).
+    return_info: also return an :class:`UnrollInfo`: the inner state after
+      the last step (to evaluate the trained model without another unroll)
+      and the first inner step whose state or tangents were non-finite (-1:
+      none), found by a flag carried in the scan, not a host sync per step.
 
   Returns:
     ``(loss, hypergrads)``: the scalar outer loss and ``d loss / d hparams``
     with exactly the structure, shapes and dtypes of ``hparams``; with
-    ``return_state=True``, ``(loss, hypergrads, final_state)``.
+    ``return_info=True``, ``(loss, hypergrads, info)``.
 
   Raises:
     ValueError, TypeError: bad ``num_steps``, schedule leaves, ``chunk_size``,
@@ -255,7 +264,7 @@ def forward_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,
                      f'{chunk_size!r}.')
   unroll_lib.validate_progress(progress)
   return _forward_hypergrad(num_steps, chunk_size, bool(skip_unstarted),
-                            progress, bool(return_state),
+                            progress, bool(return_info),
                             unroll_lib.as_pytree_fn(step_fn),
                             unroll_lib.as_pytree_fn(loss_fn), init_state,
                             hparams)

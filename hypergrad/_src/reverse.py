@@ -69,26 +69,30 @@ def validate_checkpoint_every(checkpoint_every):
   return int(checkpoint_every)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _reverse_hypergrad(num_steps, checkpoint_every, step_fn, loss_fn,
-                       init_state, hparams):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _reverse_hypergrad(num_steps, checkpoint_every, return_info, step_fn,
+                       loss_fn, init_state, hparams):
   # Runs once per trace, i.e. once per compilation.
   unroll_lib.check_step_fn(step_fn, loss_fn, init_state, hparams, num_steps)
 
   def outer_loss(h):
-    final = unroll_lib.unroll(step_fn, init_state, h, num_steps,
-                              checkpoint_every=checkpoint_every)
-    return loss_fn(final)
+    info = unroll_lib.unroll(step_fn, init_state, h, num_steps,
+                             checkpoint_every=checkpoint_every,
+                             return_info=True)
+    return loss_fn(info.final_state), info
 
-  loss, grads = jax.value_and_grad(outer_loss)(hparams)
+  (loss, info), grads = jax.value_and_grad(outer_loss, has_aux=True)(hparams)
   # A float32 loss of a float64 schedule (or vice versa) must not change the
   # dtypes the outer optimiser sees.
   grads = jax.tree.map(lambda g, h: g.astype(h.dtype), grads, hparams)
+  if return_info:
+    return loss, grads, info
   return loss, grads
 
 
 def reverse_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,
-                      checkpoint_every: int | None = None):
+                      checkpoint_every: int | None = None, *,
+                      return_info: bool = False):
   r"""Loss and hypergradient of ``loss_fn`` after a whole inner run, reverse mode.
 
   Same contract and return as :func:`hypergrad.forward_hypergrad`: runs
@@ -123,10 +127,13 @@ def reverse_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,
     num_steps: the horizon ``T``, a Python int.
     checkpoint_every: None, or the block length ``c >= 1`` of the
       rematerialised scan.
+    return_info: also return a :class:`hypergrad.UnrollInfo` (final state and
+      the first inner step whose state was non-finite, -1 if none).
 
   Returns:
     ``(loss, hypergrads)``: the scalar outer loss and ``d loss / d hparams``
-    with exactly the structure, shapes and dtypes of ``hparams``.
+    with exactly the structure, shapes and dtypes of ``hparams``; with
+    ``return_info=True``, ``(loss, hypergrads, info)``.
 
   Raises:
     ValueError, TypeError: bad ``num_steps``, schedule leaves,
@@ -145,7 +152,7 @@ def reverse_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,
   checkpoint_every = validate_checkpoint_every(checkpoint_every)
   init_state, hparams, num_steps = forward_lib.validate_common(
       init_state, hparams, num_steps)
-  return _reverse_hypergrad(num_steps, checkpoint_every,
+  return _reverse_hypergrad(num_steps, checkpoint_every, bool(return_info),
                             unroll_lib.as_pytree_fn(step_fn),
                             unroll_lib.as_pytree_fn(loss_fn), init_state,
                             hparams)

@@ -21,6 +21,35 @@ StepFn = Callable[[PyTree, PyTree, jax.Array], PyTree]
 LossFn = Callable[[PyTree], jax.Array]
 
 
+class UnrollInfo(NamedTuple):
+  """What an estimator can report about the inner run besides its gradient.
+
+  Attributes:
+    final_state: the inner state after the last step.
+    nonfinite_step: int32 scalar, the first inner step ``t`` whose output
+      (state, or tangents in forward mode) held a NaN or Inf; -1 if none.
+  """
+  final_state: Any
+  nonfinite_step: jax.Array
+
+
+def first_nonfinite(first, t, tree):
+  """Updates the first-non-finite-step flag with the output of step ``t``.
+
+  One fused reduction per step, kept on the device: a divergence is located
+  without a host round trip per step.
+  """
+  leaves = [x for x in jax.tree.leaves(tree) if is_differentiable(x)]
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) \
+      if leaves else jnp.bool_(True)
+  return jnp.where((first < 0) & ~finite, t, first).astype(jnp.int32)
+
+
+def earliest(a, b):
+  """The earlier of two first-non-finite steps (-1 meaning none)."""
+  return jnp.where(a < 0, b, jnp.where(b < 0, a, jnp.minimum(a, b)))
+
+
 class Progress(NamedTuple):
   """Host-side progress reporting from inside a jitted unroll.
 
@@ -157,7 +186,8 @@ def as_state(init_state: PyTree) -> PyTree:
 
 def unroll(step_fn: StepFn, init_state: PyTree, hparams: PyTree,
            num_steps: int, *, start: int = 0, stop: int | None = None,
-           checkpoint_every: int | None = None) -> PyTree:
+           checkpoint_every: int | None = None,
+           return_info: bool = False):
   """Runs inner steps ``start .. stop-1`` of a horizon of ``num_steps``.
 
   The plain training pass: no tangents. Differentiable in reverse mode; with
@@ -173,33 +203,40 @@ def unroll(step_fn: StepFn, init_state: PyTree, hparams: PyTree,
     start: first step to run.
     stop: one past the last step to run (default ``num_steps``).
     checkpoint_every: block length for rematerialisation, or None.
+    return_info: also return the first step whose state was non-finite.
 
   Returns:
-    The state after step ``stop - 1``.
+    The state after step ``stop - 1``; with ``return_info=True``, an
+    :class:`UnrollInfo`.
   """
   stop = num_steps if stop is None else stop
   length = stop - start
+  bad0 = jnp.int32(-1)
   if length <= 0:
-    return init_state
+    return UnrollInfo(init_state, bad0) if return_info else init_state
 
   # The step index rides in the carry: scanning over an int32[T] array of
   # steps would make memory grow with the horizon.
   def body(carry, _):
-    state, t = carry
+    state, t, bad = carry
     h_t = schedule.hparams_at(hparams, t, num_steps)
-    return (step_fn(state, h_t, t), t + 1), None
+    state = step_fn(state, h_t, t)
+    if return_info:
+      bad = first_nonfinite(bad, t, state)
+    return (state, t + 1, bad), None
 
-  def run(state, t, steps):
-    return jax.lax.scan(body, (state, t), None, steps)[0]
+  def run(state, t, bad, steps):
+    return jax.lax.scan(body, (state, t, bad), None, steps)[0]
 
-  t0 = jnp.int32(start)
+  carry = (init_state, jnp.int32(start), bad0)
   if checkpoint_every is None or checkpoint_every >= length:
-    return run(init_state, t0, length)[0]
-
-  c = checkpoint_every
-  num_blocks, tail = divmod(length, c)
-  block = jax.checkpoint(lambda carry, _: (run(*carry, c), None))
-  carry = jax.lax.scan(block, (init_state, t0), None, num_blocks)[0]
-  if tail:
-    carry = run(*carry, tail)
-  return carry[0]
+    carry = run(*carry, length)
+  else:
+    c = checkpoint_every
+    num_blocks, tail = divmod(length, c)
+    block = jax.checkpoint(lambda carry, _: (run(*carry, c), None))
+    carry = jax.lax.scan(block, carry, None, num_blocks)[0]
+    if tail:
+      carry = run(*carry, tail)
+  state, _, bad = carry
+  return UnrollInfo(state, bad) if return_info else state
