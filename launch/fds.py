@@ -47,6 +47,16 @@ _ESTIMATOR = flags.DEFINE_string('estimator', None, 'forward or reverse.')
 _SEED = flags.DEFINE_integer('seed', None, 'Seed of splits and inits.')
 _RESUME = flags.DEFINE_bool('resume', False,
                             'Continue from the last checkpoint in --workdir.')
+_MESH = flags.DEFINE_string(
+    'mesh', None, "Data parallelism: 'data=N' splits every minibatch over N "
+    'devices (replicated parameters and tangents). Default: one device.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'Multi-host: host:port of process 0; with '
+    '--num_processes and --process_id calls jax.distributed.initialize.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
+                                      'Multi-host: number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None,
+                                   'Multi-host: this process\'s index.')
 
 
 def _parse_intervals(text: str) -> dict[str, int]:
@@ -86,6 +96,8 @@ def build_config():
     config.task = task
   if _DATA_DIR.value is not None:
     config.data_dir = _DATA_DIR.value
+  if _MESH.value is not None:
+    config.mesh = _MESH.value
   for flag, field in ((_HORIZON, 'horizon'), (_HYPERPARAMS, 'hyperparams'),
                       (_OUTER_STEPS, 'outer_steps'), (_ESTIMATOR, 'estimator'),
                       (_SEED, 'seed')):
@@ -113,6 +125,12 @@ def main(argv):
   for handler in logging.getLogger().handlers + logging.getLogger(
       'absl').handlers:
     handler.addFilter(_QuietOrbax())
+  if _COORDINATOR.value or _NUM_PROCESSES.value or _PROCESS_ID.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    # Before anything touches a device: every process then sees the global
+    # device list, and a 'data=N' mesh may span hosts.
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                               _PROCESS_ID.value)
   # pylint: disable=g-import-not-at-top
   from launch import train
   config = build_config()

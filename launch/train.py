@@ -111,6 +111,12 @@ def validate_config(config) -> list[str]:
   if not 0.0 <= config.init.get('momentum', 0.0) < 1.0:
     raise ConfigError(f'initial momentum must be in [0, 1), got '
                       f'{config.init.get("momentum")}.')
+  try:
+    mesh = tasks_lib.make_mesh(config.get('mesh', ''))
+    batch = config.batch_size or tasks_lib.TASKS[config.task].batch_size
+    tasks_lib.check_mesh(mesh, batch)
+  except ValueError as e:
+    raise ConfigError(f'mesh: {e}') from None
   return kinds
 
 
@@ -244,7 +250,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   overrides = {'batch_size': config.batch_size} if config.batch_size else {}
   task = tasks_lib.make_task(config.task, data_dir=config.data_dir or None,
                              seed=config.seed,
-                             val_fraction=config.val_fraction, **overrides)
+                             val_fraction=config.val_fraction,
+                             mesh=tasks_lib.make_mesh(config.get('mesh', '')),
+                             **overrides)
   hparams0 = {k: schedule.constant(config.init[k], config.intervals.get(k, 1),
                                    task.dtype) for k in kinds}
   opt = outer.sign_descent({k: config.step_sizes[k] for k in kinds})

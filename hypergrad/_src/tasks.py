@@ -101,15 +101,29 @@ def _xent(logits, labels):
       labels).mean()
 
 
+def shard_batch(x, mesh):
+  """Splits a batch's leading axis over the mesh's ``data`` axis.
+
+  The only sharding decision of a data-parallel unroll: parameters, velocity
+  and tangents stay replicated, and XLA's partitioner inserts the gradient
+  all-reduce. No-op without a mesh.
+  """
+  if mesh is None:
+    return x
+  spec = jax.sharding.PartitionSpec('data', *([None] * (x.ndim - 1)))
+  return jax.lax.with_sharding_constraint(
+      x, jax.sharding.NamedSharding(mesh, spec))
+
+
 def _task_step(static, x_pool, y_pool, train_idx, state: TaskState, hparams_t,
                t):
-  model, batch_size, augment, fixed = static
+  model, batch_size, augment, fixed, mesh = static
   key = jax.random.fold_in(state.key, 1)
 
   def train_loss(params, model_state, t):
     idx = train_idx[data_lib.batch_indices(key, t, batch_size,
                                            train_idx.shape[0])]
-    xb, yb = x_pool[idx], y_pool[idx]
+    xb, yb = shard_batch(x_pool[idx], mesh), shard_batch(y_pool[idx], mesh)
     if augment:
       xb = data_lib.augment(jax.random.fold_in(state.key, t), xb)
     logits, model_state = models_lib.apply_model(model, params, model_state,
@@ -120,11 +134,14 @@ def _task_step(static, x_pool, y_pool, train_idx, state: TaskState, hparams_t,
   return TaskState(step(state.opt, hparams_t, t), state.key)
 
 
-def _task_val_loss(model, x_pool, y_pool, val_idx, state: TaskState):
+def _task_val_loss(static, x_pool, y_pool, val_idx, state: TaskState):
+  model, mesh = static
+  x, y = x_pool[val_idx], y_pool[val_idx]
+  if mesh is not None and x.shape[0] % mesh.shape['data'] == 0:
+    x, y = shard_batch(x, mesh), shard_batch(y, mesh)
   logits, _ = models_lib.apply_model(model, state.opt.params,
-                                     state.opt.model_state, x_pool[val_idx],
-                                     train=False)
-  return _xent(logits, y_pool[val_idx])
+                                     state.opt.model_state, x, train=False)
+  return _xent(logits, y)
 
 
 class Problem(NamedTuple):
@@ -147,7 +164,8 @@ class Task:
 
   def __init__(self, name: str, spec: TaskSpec, dataset: data_lib.Dataset, *,
                dtype=jnp.float32, fixed_hparams: Mapping[str, float] | None
-               = None, eval_batch_size: int = 1000):
+               = None, eval_batch_size: int = 1000,
+               mesh: jax.sharding.Mesh | None = None):
     self.name = name
     self.spec = spec
     self.dataset = dataset
@@ -156,10 +174,13 @@ class Task:
                                        **dict(spec.model_kwargs))
     x_pool, y_pool = data_lib.pooled_train(dataset)
     data_lib.check_fits(dataset)
-    self.x_pool = jnp.asarray(x_pool, self.dtype)
-    self.y_pool = jnp.asarray(y_pool)
-    self.x_test = jnp.asarray(dataset.x_test, self.dtype)
-    self.y_test = jnp.asarray(dataset.y_test)
+    self.mesh = check_mesh(mesh, spec.batch_size)
+    # Data and state are replicated over the mesh; only batches are split.
+    put = self._replicate
+    self.x_pool = put(jnp.asarray(x_pool, self.dtype))
+    self.y_pool = put(jnp.asarray(y_pool))
+    self.x_test = put(jnp.asarray(dataset.x_test, self.dtype))
+    self.y_test = put(jnp.asarray(dataset.y_test))
     self.eval_batch_size = eval_batch_size
     # Hyperparameters not learned take the task's plain values.
     fixed = dict(spec.default_hparams)
@@ -172,8 +193,8 @@ class Task:
     # unroll (the estimators key their compilation cache on them).
     self._step_impl = functools.partial(
         _task_step, (self.model, spec.batch_size, spec.augment,
-                     {k: v for k, v in fixed.items()}))
-    self._val_impl = functools.partial(_task_val_loss, self.model)
+                     {k: v for k, v in fixed.items()}, self.mesh))
+    self._val_impl = functools.partial(_task_val_loss, (self.model, self.mesh))
     self._eval = jax.jit(functools.partial(_evaluate, self.model,
                                            eval_batch_size))
 
@@ -196,7 +217,14 @@ class Task:
     k_init, k_data = jax.random.split(jax.random.PRNGKey(seed))
     params, model_state = models_lib.init_model(
         self.model, k_init, self.dataset.input_shape, dtype=self.dtype)
-    return TaskState(inner.sgd_init(params, model_state), k_data)
+    return self._replicate(TaskState(inner.sgd_init(params, model_state),
+                                     k_data))
+
+  def _replicate(self, tree):
+    if self.mesh is None:
+      return tree
+    return jax.device_put(tree, jax.sharding.NamedSharding(
+        self.mesh, jax.sharding.PartitionSpec()))
 
   def step_fn(self, split: Split):
     return jax.tree_util.Partial(self._step_impl, self.x_pool, self.y_pool,
@@ -214,8 +242,8 @@ class Task:
       split_seed: seed of the validation split; None keeps the loaded split.
       init_seed: seed of the parameters and batch order.
     """
-    split = self.default_split() if split_seed is None else self.split(
-        split_seed)
+    split = self._replicate(self.default_split() if split_seed is None
+                            else self.split(split_seed))
     return Problem(self.step_fn(split), self.loss_fn(split),
                    self.init_state(init_seed))
 
@@ -232,7 +260,7 @@ class Task:
     """Trains from scratch with a schedule (no hypergradient)."""
     num_steps = schedule.validate_num_steps(num_steps)
     hparams = schedule.validate_hparams(hparams, num_steps)
-    split = split or self.default_split()
+    split = self._replicate(split or self.default_split())
     return _train(num_steps, self.step_fn(split), self.init_state(init_seed),
                   hparams)
 
@@ -288,9 +316,45 @@ def _evaluate(model, batch_size, params, model_state, x, y):
   return jnp.sum(losses) / n, jnp.sum(correct) / n
 
 
+def check_mesh(mesh, batch_size):
+  if mesh is None:
+    return None
+  if 'data' not in mesh.axis_names:
+    raise ValueError(f"the mesh needs a 'data' axis to split batches over; "
+                     f'it has {mesh.axis_names}.')
+  n = mesh.shape['data']
+  if batch_size % n:
+    raise ValueError(f'batch_size={batch_size} is not divisible by the '
+                     f"{n} devices of the mesh's data axis.")
+  return mesh
+
+
+def make_mesh(spec: str) -> jax.sharding.Mesh | None:
+  """A device mesh from ``'data=4'`` (``''``: None, single device).
+
+  Raises:
+    ValueError: a malformed spec, an axis other than ``data``, or more
+      devices than JAX sees.
+  """
+  if not spec:
+    return None
+  axes = {}
+  for item in spec.split(','):
+    name, _, size = item.partition('=')
+    if name.strip() != 'data' or not size.strip().isdigit() or int(size) < 1:
+      raise ValueError(f"mesh spec must look like 'data=N' with N >= 1, got "
+                       f'{spec!r}.')
+    axes[name.strip()] = int(size)
+  n = axes['data']
+  if n > jax.device_count():
+    raise ValueError(f'mesh {spec!r} needs {n} devices; JAX sees '
+                     f'{jax.device_count()} ({jax.devices()[0].platform}).')
+  return jax.sharding.Mesh(np.array(jax.devices()[:n]), ('data',))
+
+
 def make_task(name: str, *, data_dir: str | None = None, seed: int = 0,
               dtype=jnp.float32, val_fraction: float | None = None,
-              **overrides) -> Task:
+              mesh: jax.sharding.Mesh | None = None, **overrides) -> Task:
   """Builds a named task.
 
   Args:
@@ -302,6 +366,9 @@ def make_task(name: str, *, data_dir: str | None = None, seed: int = 0,
     seed: seed of the loaded validation split.
     dtype: float dtype of data and parameters.
     val_fraction: override of the task's validation share.
+    mesh: a ``jax.sharding.Mesh`` with a ``data`` axis: minibatches are split
+      over it (data parallel), everything else is replicated. None: one
+      device.
     **overrides: other :class:`TaskSpec` fields, e.g. ``batch_size=32``.
 
   Raises:
@@ -320,6 +387,7 @@ def make_task(name: str, *, data_dir: str | None = None, seed: int = 0,
     raise ValueError(f'bad task override for {name!r}: {e}') from None
   if spec.batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {spec.batch_size}.')
+  check_mesh(mesh, spec.batch_size)
   dataset = data_lib.load_dataset(spec.dataset, data_dir=data_dir,
                                   val_fraction=spec.val_fraction, seed=seed)
-  return Task(name, spec, dataset, dtype=dtype)
+  return Task(name, spec, dataset, dtype=dtype, mesh=mesh)

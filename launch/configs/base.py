@@ -33,4 +33,5 @@ def get_base_config(task: str) -> ml_collections.ConfigDict:
   c.fresh_init = True           # fresh inner initialisation per outer step
   c.retrain_steps = 0           # 0 = horizon
   c.progress_every = 0          # inner-step progress period; 0 = horizon // 10
+  c.mesh = ''                   # 'data=N': split minibatches over N devices
   return c
