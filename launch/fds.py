@@ -67,6 +67,8 @@ def _parse_intervals(text: str) -> dict[str, int]:
     if '=' not in item:
       raise app.UsageError(f'--intervals expects kind=n pairs, got {item!r}.')
     kind, n = item.split('=', 1)
+    if kind.strip() in out:
+      raise app.UsageError(f'--intervals gives {kind.strip()} twice.')
     try:
       out[kind.strip()] = int(n)
     except ValueError:
@@ -82,6 +84,12 @@ def build_config():
   from launch.configs import base
   config = _CONFIG.value
   task = _TASK.value
+  if config is not None:
+    try:
+      config.get('task')
+    except Exception as e:  # pylint: disable=broad-except
+      # config_flags defers a bad --config file's error to the first access.
+      raise app.UsageError(f'--config: {e}') from None
   if config is None:
     if task not in tasks_lib.TASKS:
       raise app.UsageError(f'unknown --task {task!r}; known tasks: '
@@ -142,10 +150,18 @@ def main(argv):
     raise app.UsageError('--resume needs the --workdir of the run to continue.')
   workdir = _WORKDIR.value or os.path.join(
       'workdir', f'{config.task}-{time.strftime("%Y%m%d-%H%M%S")}')
+  # pylint: disable=g-import-not-at-top
+  from hypergrad._src import checkpoint as ckpt_lib
+  from hypergrad._src import data as data_lib
+  from hypergrad._src import search
   try:
     summary = train.train_and_evaluate(config, workdir, resume=_RESUME.value)
   except train.ConfigError as e:
     raise app.UsageError(str(e)) from None
+  except (ckpt_lib.CheckpointError, search.DivergenceError,
+          data_lib.DatasetNotFoundError, ValueError) as e:
+    # Known failure modes get their message, not a traceback.
+    raise SystemExit(f'error: {e}') from None
   sched = summary['learned_schedule']
   print(f'\nFDS on {summary["task"]}: {summary["outer_steps"]} outer steps '
         f'({"converged" if summary["converged"] else "not converged"}), '

@@ -68,9 +68,14 @@ def _kinds(config) -> list[str]:
   return kinds
 
 
+def _is_real(value) -> bool:
+  return (isinstance(value, (int, float, np.integer, np.floating))
+          and not isinstance(value, (bool, np.bool_)))
+
+
 def validate_config(config) -> list[str]:
   """Checks every value that can be checked without data; returns the kinds."""
-  if config.task not in tasks_lib.TASKS:
+  if not isinstance(config.task, str) or config.task not in tasks_lib.TASKS:
     raise ConfigError(f'unknown task {config.task!r}; known tasks: '
                       f'{", ".join(sorted(tasks_lib.TASKS))}.')
   for name in ('horizon', 'outer_steps'):
@@ -80,31 +85,53 @@ def validate_config(config) -> list[str]:
   for name in ('retrain_steps', 'batch_size', 'chunk_size',
                'checkpoint_every', 'progress_every'):
     value = config[name]
-    if not isinstance(value, int) or value < 0:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
       raise ConfigError(f'{name} must be an integer >= 0 (0: default), got '
                         f'{value!r}.')
+  seed = config.seed
+  if (not isinstance(seed, int) or isinstance(seed, bool)
+      or not 0 <= seed < 2**53):
+    raise ConfigError(f'seed must be an integer in [0, 2**53), got {seed!r}.')
   if config.estimator not in ESTIMATORS:
     raise ConfigError(f'unknown estimator {config.estimator!r}; known: '
                       f'{", ".join(ESTIMATORS)}.')
+  for name in ('val_fraction', 'tol'):
+    if not _is_real(config[name]):
+      raise ConfigError(f'{name} must be a number, got {config[name]!r}.')
   if not 0.0 < config.val_fraction < 1.0:
     raise ConfigError(f'val_fraction must be in (0, 1), got '
                       f'{config.val_fraction}.')
   if not 0.0 < config.tol < 1.0:
     raise ConfigError(f'tol must be in (0, 1), got {config.tol}.')
   kinds = _kinds(config)
+  for name in ('intervals', 'init', 'step_sizes'):
+    if not isinstance(config[name], (dict, ml_collections.ConfigDict)):
+      raise ConfigError(f'{name} must map hyperparameter kinds to values, '
+                        f'got {config[name]!r}.')
   for k in kinds:
     n = config.intervals.get(k, 1)
-    if not isinstance(n, int) or n < 1:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
       raise ConfigError(f'intervals for {k} must be a positive integer, got '
                         f'{n!r}.')
     if n > config.horizon:
       raise ConfigError(f'intervals for {k} ({n}) exceed the horizon '
                         f'({config.horizon} inner steps).')
+    # pylint: disable-next=protected-access
+    if n * config.horizon > schedule._MAX_STEP_PRODUCT:
+      raise ConfigError(f'intervals for {k} ({n}) times the horizon '
+                        f'({config.horizon}) overflow the int32 step '
+                        'arithmetic; use fewer intervals or a shorter horizon.')
     if k not in config.init:
       raise ConfigError(f'no initial value for {k} in config.init.')
-    if not config.step_sizes.get(k, 0) > 0:
-      raise ConfigError(f'step size for {k} must be > 0, got '
-                        f'{config.step_sizes.get(k)}.')
+    step_size = config.step_sizes.get(k, 0)
+    if not _is_real(step_size) or not 0 < step_size < math.inf:
+      raise ConfigError(f'step size for {k} must be a finite number > 0, got '
+                        f'{step_size!r}.')
+  for k in KINDS:
+    if k in config.init and not (_is_real(config.init[k])
+                                 and math.isfinite(config.init[k])):
+      raise ConfigError(f'initial value for {k} must be a finite number, got '
+                        f'{config.init[k]!r}.')
   if config.init.get('lr', 0.0) < 0 or config.init.get('weight_decay',
                                                        0.0) < 0:
     raise ConfigError('initial lr and weight_decay must be >= 0.')

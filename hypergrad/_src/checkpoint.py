@@ -6,10 +6,16 @@ temporary folder and renames it when complete, so a run killed mid-write
 leaves the previous checkpoint intact; a checkpoint that cannot be read back
 whole is refused with a clear error, never half-loaded. Nothing is pickled:
 arrays go through orbax's standard format and records through JSON.
+
+Array data is checksummed by orbax's storage (tensorstore OCDBT); JSON has no
+checksum of its own, so the records carry a SHA-256 digest of their canonical
+JSON, checked on restore: a flipped digit in a record is refused too.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from typing import Any
 
@@ -52,6 +58,11 @@ def jsonable(tree: PyTree) -> PyTree:
   return jax.tree.map(convert, tree)
 
 
+def _digest(records) -> str:
+  text = json.dumps(records, sort_keys=True, separators=(',', ':'))
+  return hashlib.sha256(text.encode('utf-8')).hexdigest()
+
+
 class OuterCheckpointer:
   """Saves and restores the outer loop, keeping the last ``max_to_keep``.
 
@@ -73,11 +84,13 @@ class OuterCheckpointer:
     return self._manager.latest_step()
 
   def save(self, state: search.OuterState, records: list[dict]) -> None:
+    records = jsonable(records)
     self._manager.save(
         state.step,
         args=ocp.args.Composite(
             state=ocp.args.StandardSave(_to_tree(state)),
-            records=ocp.args.JsonSave({'records': jsonable(records)})),
+            records=ocp.args.JsonSave({'records': records,
+                                       'sha256': _digest(records)})),
         force=True)
     self._manager.wait_until_finished()
 
@@ -96,6 +109,9 @@ class OuterCheckpointer:
     step = self._manager.latest_step()
     if step is None:
       return None
+    folder = os.path.join(self.directory, str(step))
+    advice = ('Delete that folder to resume from the previous checkpoint, or '
+              'start afresh in a new --workdir.')
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
                             _to_tree(template))
     try:
@@ -105,16 +121,22 @@ class OuterCheckpointer:
               records=ocp.args.JsonRestore()))
       tree = restored['state']
       records = restored['records']['records']
+      if 'sha256' not in restored['records']:
+        raise ValueError('the records carry no SHA-256 digest (corrupted, or '
+                         'written by an older hypergrad)')
+      if restored['records']['sha256'] != _digest(records):
+        raise ValueError('the records do not match their SHA-256 digest')
       state = _from_tree(tree)
     except Exception as e:  # orbax raises many kinds; all mean "unusable".
+      detail = str(e) if len(str(e)) < 300 else str(e)[:300] + '...'
       raise CheckpointError(
-          f'checkpoint {step} in {self.directory} cannot be restored whole '
-          f'({type(e).__name__}: {e}). Delete that folder to resume from the '
-          'previous checkpoint, or start afresh without --resume.') from e
+          f'checkpoint {folder} cannot be restored whole: it is corrupted, '
+          f'truncated or of another run ({type(e).__name__}: {detail}). '
+          f'{advice}') from e
     if state.step != step or len(records) != step:
       raise CheckpointError(
-          f'checkpoint {step} in {self.directory} is inconsistent: it holds '
-          f'outer step {state.step} and {len(records)} records.')
+          f'checkpoint {folder} is inconsistent: it holds outer step '
+          f'{state.step} and {len(records)} records. {advice}')
     return state, records
 
   def close(self) -> None:

@@ -160,7 +160,9 @@ def _forward_hypergrad(num_steps, chunk_size, skip_unstarted, progress,
   chunk = chunk_size or len(dirs)
   h_leaves, h_def = jax.tree.flatten(hparams)
   total = sum(h.size for h in h_leaves)
-  flat_dtype = jnp.result_type(*h_leaves)
+  # NumPy's rules: a float32 and a float64 schedule in one pytree is fine
+  # even under strict jax promotion; every leaf is cast back below.
+  flat_dtype = np.result_type(*[h.dtype for h in h_leaves])
   flat = jnp.zeros((total,), flat_dtype)
   loss = info = None
   for c in range(0, len(dirs), chunk):

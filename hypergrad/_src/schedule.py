@@ -177,20 +177,25 @@ def validate_hparams(hparams: PyTree, num_steps: int) -> PyTree:
     ValueError: an empty pytree, a 0-d leaf, ``n == 0`` or ``n > num_steps``.
   """
   num_steps = validate_num_steps(num_steps)
-  leaves_with_path = jax.tree_util.tree_flatten_with_path(hparams)[0]
+  leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(hparams)
   if not leaves_with_path:
     raise ValueError('hparams has no leaves: nothing to differentiate.')
+  arrays = []
   for path, leaf in leaves_with_path:
     name = jax.tree_util.keystr(path) or '<root>'
     if not hasattr(leaf, 'dtype') and not isinstance(leaf, (int, float, list,
                                                              tuple)):
       raise TypeError(f'hparams leaf {name} is not an array: {leaf!r}.')
-    dtype = jnp.result_type(leaf)
+    try:
+      dtype = jnp.result_type(leaf)
+      shape = np.shape(leaf)
+    except (TypeError, ValueError) as e:  # e.g. object, str or struct arrays
+      raise TypeError(f'hparams leaf {name} is not a numeric array: '
+                      f'{type(leaf).__name__} ({e}).') from None
     if not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(
           f'hparams leaf {name} has dtype {dtype}; hyperparameters must be '
           f'floating point to be differentiated.')
-    shape = np.shape(leaf)
     if len(shape) == 0:
       raise ValueError(
           f'hparams leaf {name} is a scalar; give it a leading interval axis '
@@ -202,11 +207,20 @@ def validate_hparams(hparams: PyTree, num_steps: int) -> PyTree:
       raise ValueError(
           f'hparams leaf {name} has n={n} intervals, more than '
           f'num_steps={num_steps} inner steps.')
+    if 0 in shape[1:]:
+      raise ValueError(
+          f'hparams leaf {name} has shape {tuple(shape)}: no values to '
+          f'differentiate (a zero-size trailing axis).')
     if n * num_steps > _MAX_STEP_PRODUCT:
       raise ValueError(
           f'hparams leaf {name}: n * num_steps = {n * num_steps} overflows '
           f'the int32 step arithmetic.')
-  return jax.tree.map(jnp.asarray, hparams)
+    try:
+      arrays.append(jnp.asarray(leaf))
+    except (TypeError, ValueError) as e:  # e.g. a jax.ShapeDtypeStruct
+      raise TypeError(f'hparams leaf {name} is not a concrete array: '
+                      f'{type(leaf).__name__} ({e}).') from None
+  return jax.tree.unflatten(treedef, arrays)
 
 
 def leaf_names(tree: PyTree) -> Sequence[str]:

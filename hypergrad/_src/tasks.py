@@ -259,10 +259,32 @@ class Task:
             split: Split | None = None) -> TaskState:
     """Trains from scratch with a schedule (no hypergradient)."""
     num_steps = schedule.validate_num_steps(num_steps)
-    hparams = schedule.validate_hparams(hparams, num_steps)
+    hparams = self.check_hparams(schedule.validate_hparams(hparams,
+                                                           num_steps))
     split = self._replicate(split or self.default_split())
     return _train(num_steps, self.step_fn(split), self.init_state(init_seed),
                   hparams)
+
+  def check_hparams(self, hparams):
+    """Checks a schedule against the task's optimiser; casts it to the task dtype.
+
+    Raises:
+      TypeError: ``hparams`` is not a mapping.
+      ValueError: a name the SGD step does not know, or a leaf with trailing
+        axes (the task's values are one scalar per interval).
+    """
+    if not isinstance(hparams, Mapping):
+      raise TypeError(f'hparams for task {self.name!r} must be a mapping of '
+                      f'{list(inner.SGD_HPARAMS)} to schedules, got '
+                      f'{type(hparams).__name__}.')
+    for name, leaf in hparams.items():
+      if name not in inner.SGD_HPARAMS:
+        raise ValueError(f'hparams[{name!r}]: task {self.name!r} learns only '
+                         f'{list(inner.SGD_HPARAMS)}.')
+      if not hasattr(leaf, 'shape') or len(leaf.shape) != 1:
+        raise ValueError(f"hparams[{name!r}] must have shape (n,), one value "
+                         f'per interval; got {getattr(leaf, "shape", leaf)}.')
+    return {k: jnp.asarray(v).astype(self.dtype) for k, v in hparams.items()}
 
   def evaluate(self, state: TaskState, split: str = 'test',
                indices: Split | None = None) -> dict:
