@@ -23,15 +23,9 @@ import jax
 import hypergrad
 from benchmarks import common
 
-_STEPS = flags.DEFINE_integer('steps', 1000, 'Horizon T for the timings.')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repeats (best is kept).')
-_KS = flags.DEFINE_list('lr_intervals', ['7', '30'],
-                        'Learning-rate intervals; K = this + 2.')
-_MEMORY_STEPS = flags.DEFINE_list('memory_steps', ['1000', '10000'],
-                                  'Horizons for the memory comparison.')
-
 
 def measure(steps: int, lr_intervals, repeats: int):
+  """Rows ``[K, plain ms, forward ms, ratio, naive ms, naive ratio]``."""
   step_fn, loss_fn, state = common.mlp_problem()
   plain = jax.jit(lambda s, h: loss_fn(hypergrad.unroll(step_fn, s, h, steps)))
   rows = []
@@ -49,6 +43,7 @@ def measure(steps: int, lr_intervals, repeats: int):
 
 
 def memory(horizons, lr_intervals=7):
+  """``[(T, compiled bytes of forward_hypergrad)]``."""
   step_fn, loss_fn, state = common.mlp_problem()
   hp = common.fds_hparams(lr_intervals)
   out = []
@@ -59,16 +54,28 @@ def memory(horizons, lr_intervals=7):
   return out
 
 
+def _define_flags():
+  # Defined only when run as a script: benchmarks.run imports this module
+  # next to memory_vs_horizon, whose flags have the same names.
+  flags.DEFINE_integer('steps', 1000, 'Horizon T for the timings.')
+  flags.DEFINE_integer('repeats', 3, 'Timed repeats (best is kept).')
+  flags.DEFINE_list('lr_intervals', ['7', '30'],
+                    'Learning-rate intervals; K = this + 2.')
+  flags.DEFINE_list('memory_steps', ['1000', '10000'],
+                    'Horizons for the memory comparison.')
+
+
 def main(argv):
   del argv
-  steps = _STEPS.value
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  steps = FLAGS.steps
   print(f'backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), '
         f'T = {steps}')
-  rows = measure(steps, [int(k) for k in _KS.value], _REPEATS.value)
+  rows = measure(steps, [int(k) for k in FLAGS.lr_intervals], FLAGS.repeats)
   print(common.markdown_table(
       ['K', 'plain ms', 'forward ms', 'ratio', 'naive ms', 'naive ratio'],
       rows))
-  mem = memory([int(s) for s in _MEMORY_STEPS.value])
+  mem = memory([int(s) for s in FLAGS.memory_steps])
   print(common.markdown_table(
       ['T', 'compiled bytes (forward, K=9)'],
       [(s, f'{b:,}') for s, b in mem]))
@@ -78,4 +85,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

@@ -5,8 +5,11 @@ Hypergradients of a validation loss with respect to hyperparameter schedules
 training runs of thousands of pure inner steps.
 """
 
+from hypergrad._src.blackbox import BlackBoxResult
+from hypergrad._src.blackbox import blackbox_search
 from hypergrad._src.checkpoint import CheckpointError
 from hypergrad._src.checkpoint import OuterCheckpointer
+from hypergrad._src.finite_difference import finite_difference
 from hypergrad._src.forward import forward_hypergrad
 from hypergrad._src.hd import HDState
 from hypergrad._src.hd import hypergradient_descent
@@ -56,6 +59,9 @@ from hypergrad._src.unroll import unroll
 __version__ = '0.1.0'
 
 __all__ = (
+    'BlackBoxResult',
+    'blackbox_search',
+    'finite_difference',
     'CheckpointError',
     'DivergenceError',
     'OuterCheckpointer',

@@ -1,0 +1,639 @@
+r"""FDS against greedy, reverse-mode and black-box HPO at an equal budget.
+
+    python -m benchmarks.hpo_table --task mnist1d_mlp   # T = 1000, 3 seeds
+    python -m benchmarks.hpo_table --task digits_mlp    # T = 500, 3 seeds
+    python -m benchmarks.hpo_table --task cifar10_wrn16_1 \
+        --data_dir ~/tensorflow_datasets                # GPU: T = 10^4
+
+Methods (all learn lr, momentum and weight decay of SGD with momentum):
+
+* ``default``: the task's plain schedule (lr 0.1, momentum 0.9, wd 5e-4);
+  no search.
+* ``fds``: the FDS outer loop (sign steps on forward-mode hypergradients
+  through the whole horizon) with the task's launch config
+  (``launch/configs/<task>.py``: 7 lr intervals, init 0, re-drawn
+  validation split and fresh initialisation per outer step).
+* ``fds_warm``: the same, started from the default schedule (where the
+  greedy methods start) with smaller first outer steps (lr 0.05, momentum
+  0.02, wd 3e-4: a momentum step of 0.1 from 0.9 hits the 0.999 clip and
+  the inner run blows up).
+* ``reverse``: the same loop with reverse-mode hypergradients (the same
+  numbers, another cost), optionally checkpointed.
+* ``hd``, ``rtho``, ``truncated``: greedy online methods (hypergradient
+  descent on the validation loss; RTHO every T/20 steps; truncated
+  forward-mode look-ahead of T/10 steps) started from the default schedule,
+  with sign meta-steps; their meta step is tuned over a grid (the run with
+  the lowest final validation loss wins), within the budget. The schedule
+  they return is the per-step values they used (T intervals).
+* ``random``, ``tpe``, ``hyperband``: optuna black-box searches
+  (:mod:`hypergrad._src.blackbox`) over a constant (or, with
+  ``--blackbox_lr_intervals``, piecewise) schedule, lr in [1e-3, 1] log,
+  momentum in [0, 0.99], wd in [1e-5, 1e-2] log; objective: the validation
+  loss at the end of the T-step run (FDS's objective).
+
+Budget accounting (inner-step equivalents, "steps"): a plain training run of
+T steps costs T. Before the runs, the wall time of one call of each
+estimator over the horizon is measured against the plain unroll of the same
+T steps on this machine (best of ``--cost_repeats`` after a warm-up,
+compilation excluded): an FDS outer step then costs ``ratio_fwd * T``, a
+greedy run ``ratio_method * T``, a black-box trial the steps it trained. The
+default budget is 10 FDS outer steps; every method stops before it would
+exceed it. Wall time (compilation included) is reported too.
+
+Evaluation, the same for every method: each found schedule is retrained from
+scratch for T steps on the loaded training split with a fixed set of
+initialisation seeds and tested; the table gives the mean and standard
+deviation over independent HPO seeds of that test accuracy. The curve
+evaluates, at fractions of the budget, the schedule each method would have
+returned had it stopped there.
+
+The validation loss (cross-entropy) is every method's objective; the table
+reports test accuracy and test cross-entropy. Run time with the defaults on
+2 shared CPU cores: digits ~5 min, MNIST-1D ~30 min (an MNIST-1D MLP step is
+~2.8 ms, 80% of it drawing the epoch permutation of the batch indices).
+
+Writes ``benchmarks/results/hpo_<task>{--tag}.{md,png,json}``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import math
+import os
+import sys
+import time
+import warnings
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optuna
+
+import hypergrad
+from hypergrad._src import blackbox
+from hypergrad._src import online
+from hypergrad._src import outer
+from hypergrad._src import schedule
+from hypergrad._src import search
+from hypergrad._src import tasks as tasks_lib
+from benchmarks import common
+
+GREEDY = ('hd', 'rtho', 'truncated')
+BLACKBOX = blackbox.METHODS
+OUTER = ('fds', 'fds_warm', 'reverse')
+METHODS = ('default',) + OUTER + GREEDY + BLACKBOX
+# fds_warm: FDS started where the greedy methods start (the task's default
+# schedule), with outer steps small enough not to throw momentum 0.9 past 1.
+WARM_STEP_SIZES = {'lr': 0.05, 'momentum': 0.02, 'weight_decay': 3e-4}
+KINDS = ('lr', 'momentum', 'weight_decay')
+
+# Per-task settings of the comparison (the FDS settings come from the task's
+# launch config). WRN-16-1: reverse mode stores sqrt(T)-step checkpoints.
+PRESETS = {
+    'mnist1d_mlp': {'horizon': 1000},
+    'digits_mlp': {'horizon': 500},
+    'cifar10_wrn16_1': {'horizon': 10000, 'reverse_checkpoint_every': 100,
+                        'eval_batch': 4},
+}
+# Outer-step seeds as in launch/train.py: distinct per HPO seed and step.
+_SEED_STRIDE = 1000
+# Fixed retraining seeds of the final evaluation (never used by a search).
+_EVAL_SEED_BASE = 10_000
+
+_TASK = flags.DEFINE_string('task', 'mnist1d_mlp', 'Task name.')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'Prepared datasets.')
+_HORIZON = flags.DEFINE_integer('horizon', 0,
+                                'Inner steps T per run (0: the preset).')
+_BUDGET = flags.DEFINE_integer(
+    'budget', 0, 'Inner-step equivalents per method and seed (0: '
+    '--fds_outer_steps FDS outer steps at the measured cost).')
+_FDS_STEPS = flags.DEFINE_integer('fds_outer_steps', 10,
+                                  'Default budget, in FDS outer steps.')
+_SEEDS = flags.DEFINE_integer('seeds', 3, 'Independent HPO runs per method.')
+_METHODS = flags.DEFINE_list('methods', list(METHODS), 'Methods to run.')
+_EVAL_POINTS = flags.DEFINE_integer(
+    'eval_points', 5, 'Budget fractions at which the curve is evaluated.')
+_EVAL_SEEDS = flags.DEFINE_integer('eval_seeds', 2,
+                                   'Retraining seeds per found schedule.')
+_EVAL_BATCH = flags.DEFINE_integer(
+    'eval_batch', 0, 'Schedules retrained at once (vmapped); 0: the preset '
+    'or 16.')
+_BB_LR_INTERVALS = flags.DEFINE_integer(
+    'blackbox_lr_intervals', 1, 'Learning-rate pieces of the black-box '
+    'search space (1: constant; FDS uses 7).')
+_HB_REPORTS = flags.DEFINE_integer('hyperband_reports', 9,
+                                   'Hyperband chunks per trial (resource).')
+_GREEDY_SCALES = flags.DEFINE_list(
+    'greedy_scales', ['0.1', '0.3', '1.0', '3.0'],
+    'Greedy meta-step grid: the largest total drift of lr (and momentum) '
+    'over the run; weight decay drifts 3e-3 times as far (FDS step ratio).')
+_FDS_INIT = flags.DEFINE_enum(
+    'fds_init', 'config', ['config', 'default'], 'FDS/reverse initial '
+    'schedule: the launch config\'s (0) or the task\'s default.')
+_FDS_STEP_SIZES = flags.DEFINE_string(
+    'fds_step_sizes', '', 'Override of the config\'s initial outer step '
+    'sizes, e.g. momentum=0.02,lr=0.05.')
+_REVERSE_CKPT = flags.DEFINE_integer(
+    'reverse_checkpoint_every', -1, 'Reverse-mode block length (0: none; '
+    '-1: the preset).')
+_REPEATS = flags.DEFINE_integer('cost_repeats', 3, 'Timed repeats of the '
+                                'cost ratios (best is kept).')
+_OUT_DIR = flags.DEFINE_string(
+    'out_dir', os.path.join(os.path.dirname(__file__), 'results'),
+    'Output folder.')
+_TAG = flags.DEFINE_string('tag', '', 'Suffix of the output file names.')
+
+
+# ---------------------------------------------------------------------------
+# Settings.
+
+
+def fds_config(task_name: str):
+  """The task's launch config (FDS's settings), or the base one."""
+  try:
+    module = importlib.import_module(f'launch.configs.{task_name}')
+    return module.get_config()
+  except ModuleNotFoundError:
+    from launch.configs import base  # pylint: disable=g-import-not-at-top
+    return base.get_base_config(task_name)
+
+
+def initial_fds_hparams(task, config, init: str) -> dict:
+  """FDS's starting schedule: the config's values or the task's defaults."""
+  values = (dict(task.spec.default_hparams) if init == 'default'
+            else dict(config.init))
+  return {k: schedule.constant(values[k], config.intervals.get(k, 1),
+                               task.dtype) for k in KINDS}
+
+
+def greedy_method(name: str, step_fn, loss_fn, horizon: int, scale: float):
+  """A greedy method whose values may drift by ``scale`` over the run."""
+  if name == 'hd':
+    updates, kw = horizon, {}
+    factory = hypergrad.hypergradient_descent
+  elif name == 'rtho':
+    every = max(horizon // 20, 1)
+    updates, kw = max((horizon - 1) // every, 1), {'every': every}
+    factory = hypergrad.rtho
+  else:
+    window = max(horizon // 10, 1)
+    updates, kw = -(-horizon // window), {'window': window}
+    factory = hypergrad.truncated_greedy
+  # Sign steps: scale-free, like FDS's outer steps, with FDS's per-kind
+  # step ratio (lr 0.1 : momentum 0.1 : wd 3e-4).
+  meta_lr = {k: scale * r / updates for k, r in
+             (('lr', 1.0), ('momentum', 1.0), ('weight_decay', 3e-3))}
+  return factory(step_fn, loss_fn, meta_lr=meta_lr, meta_update='sign',
+                 bounds=online.SGD_BOUNDS, **kw)
+
+
+# ---------------------------------------------------------------------------
+# Cost of each estimator relative to plain training.
+
+
+def measure_costs(task, horizon: int, config, methods, repeats: int,
+                  reverse_ckpt, log=print) -> dict:
+  """Wall-time ratios of one call of each method to a plain T-step run."""
+  step_fn, loss_fn, state = task.problem(init_seed=0)
+  default = task.default_hparams()
+  fds_h = initial_fds_hparams(task, config, 'default')
+  # The program every black-box trial runs: a trial is the unit of cost.
+  plain = lambda: blackbox.train_steps(step_fn, state, default,
+                                       num_steps=horizon, start=0,
+                                       stop=horizon)
+  calls = {}
+  if 'fds' in methods or 'fds_warm' in methods:
+    calls['fds'] = lambda: hypergrad.forward_hypergrad(
+        step_fn, loss_fn, state, fds_h, horizon)
+  if 'reverse' in methods:
+    calls['reverse'] = lambda: hypergrad.reverse_hypergrad(
+        step_fn, loss_fn, state, fds_h, horizon,
+        checkpoint_every=reverse_ckpt)
+  one = {k: schedule.constant(v, 1, task.dtype)
+         for k, v in task.spec.default_hparams}
+  for name in GREEDY:
+    if name in methods:
+      method = greedy_method(name, step_fn, loss_fn, horizon, 0.1)
+      calls[name] = functools.partial(hypergrad.run_online, method, state,
+                                       one, horizon)
+  t_plain = common.best_time(plain, repeats)
+  log(f'plain T={horizon}: {t_plain:.3f} s')
+  ratios = {'plain_seconds': t_plain}
+  for name, fn in calls.items():
+    t = common.best_time(fn, repeats)
+    ratios[name] = t / t_plain
+    log(f'{name}: {t:.3f} s = {t / t_plain:.2f} x plain')
+  return ratios
+
+
+# ---------------------------------------------------------------------------
+# The searches. Each returns (checkpoints, info): checkpoints is a list of
+# (inner-step equivalents spent, schedule it would return now).
+
+
+def run_outer(task, config, horizon, budget, cost, estimator, seed, init,
+              reverse_ckpt, step_sizes=None):
+  """FDS's outer loop with forward- or reverse-mode hypergradients."""
+  max_steps = int(math.floor(budget / cost + 1e-9))
+  hparams0 = initial_fds_hparams(task, config, init)
+  step_sizes = step_sizes or {k: config.step_sizes[k] for k in KINDS}
+  if max_steps < 1:
+    return [(0.0, hparams0)], {'outer_steps': 0}
+
+  def fn(hparams, outer_step):
+    s = seed * _SEED_STRIDE + outer_step
+    split = task.split(s) if config.redraw_val else task.default_split()
+    state = task.init_state(s if config.fresh_init else seed)
+    step_fn, loss_fn = task.step_fn(split), task.loss_fn(split)
+    if estimator == 'forward':
+      return hypergrad.forward_hypergrad(step_fn, loss_fn, state, hparams,
+                                         horizon)
+    return hypergrad.reverse_hypergrad(step_fn, loss_fn, state, hparams,
+                                       horizon, checkpoint_every=reverse_ckpt)
+
+  opt = outer.sign_descent(step_sizes)
+  checkpoints = [(0.0, hparams0)]
+  records = []
+
+  def callback(state, record):
+    records.append(record)
+    checkpoints.append((state.step * cost, state.hparams))
+
+  state, _ = search.run(fn, hparams0, opt=opt, max_outer_steps=max_steps,
+                        tol=config.tol, callback=callback)
+  return checkpoints, {
+      'outer_steps': state.step, 'converged': bool(state.converged),
+      'rejected': sum(not r['accepted'] for r in records),
+      'val_loss': [r['val_loss'] for r in records]}
+
+
+def run_greedy(task, name, horizon, budget, cost, seed, scales):
+  """A greedy method, its meta step chosen by final validation loss."""
+  split = task.default_split()
+  step_fn, loss_fn = task.step_fn(split), task.loss_fn(split)
+  one = {k: schedule.constant(v, 1, task.dtype)
+         for k, v in task.spec.default_hparams}
+  checkpoints, spent, best, runs = [], 0.0, None, []
+  for scale in scales:
+    if spent + cost > budget + 1e-9:
+      break
+    method = greedy_method(name, step_fn, loss_fn, horizon, scale)
+    state = task.init_state(seed * _SEED_STRIDE)
+    final, used = hypergrad.run_online(method, state, one, horizon)
+    val = float(loss_fn(final))
+    val = val if math.isfinite(val) else math.inf
+    spent += cost
+    runs.append({'scale': scale, 'val_loss': val})
+    if best is None or val < best[0]:
+      best = (val, used)
+    checkpoints.append((spent, best[1]))
+  return checkpoints, {'runs': runs}
+
+
+def run_blackbox(task, name, horizon, budget, seed, lr_intervals, reports):
+  split = task.default_split()
+  result = blackbox.blackbox_search(
+      task.step_fn(split), task.loss_fn(split),
+      task.init_state(seed * _SEED_STRIDE), horizon, int(budget),
+      method=name, seed=seed, intervals={'lr': lr_intervals},
+      hyperband_reports=reports, dtype=task.dtype)
+  # Trials are sequential: at a smaller budget the search would have
+  # returned the best trial finished by then.
+  checkpoints = []
+  for r in result.trials:
+    best = blackbox.best_so_far(result.trials, r.cumulative_steps)
+    if best is not None:
+      checkpoints.append((float(r.cumulative_steps), best.hparams))
+  info = {'trials': len(result.trials),
+          'pruned': sum(r.state != 'complete' for r in result.trials),
+          'best_val_loss': result.best_value}
+  return [(c, {k: jnp.asarray(np.asarray(v, task.dtype)) for k, v in
+               h.items()}) for c, h in checkpoints], info
+
+
+def at_budget(checkpoints, budget):
+  """The schedule a method would return with ``budget`` steps (or None)."""
+  found = [h for c, h in checkpoints if c <= budget + 1e-9]
+  return found[-1] if found else None
+
+
+# ---------------------------------------------------------------------------
+# Evaluation: retrain from scratch with each schedule, test.
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _train_many(num_steps, step_fn, init_state, hparams):
+  return jax.vmap(lambda h: hypergrad.unroll(step_fn, init_state, h,
+                                             num_steps))(hparams)
+
+
+def _per_step(task, h, horizon):
+  """A schedule as ``T`` per-step values of every kind (the same run)."""
+  full = dict(task.fixed_hparams)
+  full.update(h)
+  return {k: np.asarray(schedule.expand(
+      {k: jnp.asarray(np.asarray(full[k], task.dtype).reshape(-1))},
+      horizon)[k]) for k in KINDS}
+
+
+def evaluate(task, schedules, horizon, eval_seeds, batch):
+  """Test loss and accuracy of each schedule, averaged over ``eval_seeds``.
+
+  Schedules are expanded to per-step values and retrained ``batch`` at a
+  time with one vmapped unroll (padded to ``batch``: one compilation).
+  """
+  step_fn = task.step_fn(task.default_split())
+  expanded = [_per_step(task, h, horizon) for h in schedules]
+  out = np.zeros((len(schedules), 2))
+  for e in eval_seeds:
+    state = task.init_state(e)
+    for i in range(0, len(expanded), batch):
+      group = expanded[i:i + batch]
+      group = group + [group[0]] * (batch - len(group))
+      stacked = {k: jnp.asarray(np.stack([g[k] for g in group]))
+                 for k in KINDS}
+      final = _train_many(horizon, step_fn, state, stacked)
+      for j in range(min(batch, len(expanded) - i)):
+        one = jax.tree.map(lambda x, j=j: x[j], final)
+        m = task.evaluate(one, 'test')
+        out[i + j] += (m['loss'], m['accuracy'])
+  return out / len(eval_seeds)
+
+
+def _key(h) -> bytes:
+  return b''.join(k.encode() + np.asarray(h[k]).tobytes() for k in sorted(h))
+
+
+# ---------------------------------------------------------------------------
+# Driver.
+
+
+def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
+              fds_outer_steps: int = 10, seeds: int = 3, methods=METHODS,
+              eval_points: int = 5, eval_seeds: int = 2, eval_batch: int = 0,
+              blackbox_lr_intervals: int = 1, hyperband_reports: int = 9,
+              greedy_scales=(0.1, 0.3, 1.0, 3.0), fds_init: str = 'config',
+              fds_step_sizes: dict | None = None,
+              reverse_checkpoint_every: int = -1, repeats: int = 3,
+              data_dir: str | None = None, log=print) -> dict:
+  """Runs every method for ``seeds`` seeds at one budget; returns results."""
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown:
+    raise ValueError(f'unknown methods {unknown}; known: {", ".join(METHODS)}.')
+  preset = PRESETS.get(task_name, {})
+  config = fds_config(task_name)
+  for k, v in (fds_step_sizes or {}).items():
+    if k not in KINDS or not v > 0:
+      raise ValueError(f'bad FDS step size {k}={v}.')
+    config.step_sizes[k] = float(v)
+  horizon = horizon or preset.get('horizon', config.horizon)
+  if reverse_checkpoint_every < 0:
+    reverse_checkpoint_every = preset.get('reverse_checkpoint_every', 0)
+  reverse_ckpt = reverse_checkpoint_every or None
+  eval_batch = eval_batch or preset.get('eval_batch', 16)
+  task = tasks_lib.make_task(task_name, data_dir=data_dir, seed=0,
+                             val_fraction=config.val_fraction)
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  log(f'{task_name}: T={horizon}, backend {jax.default_backend()}')
+
+  start = time.time()
+  ratios = measure_costs(task, horizon, config, methods, repeats,
+                         reverse_ckpt, log)
+  cost = {m: ratios[m] * horizon for m in OUTER + GREEDY if m in ratios}
+  if 'fds' in ratios:
+    cost['fds_warm'] = cost['fds']  # the same estimator
+  if not budget:
+    if 'fds' not in ratios:
+      raise ValueError('the default budget is set by FDS\'s cost: include '
+                       'fds in --methods or give --budget.')
+    budget = int(math.ceil(fds_outer_steps * cost['fds']))
+  log(f'budget: {budget} inner-step equivalents '
+      f'({budget / horizon:.1f} training runs)')
+
+  runs = {m: [] for m in methods}
+  for seed in range(seeds):
+    for m in methods:
+      t0 = time.time()
+      if m == 'default':
+        checkpoints, info = [(0.0, task.default_hparams())], {}
+      elif m in OUTER:
+        warm = m == 'fds_warm'
+        checkpoints, info = run_outer(
+            task, config, horizon, budget, cost[m],
+            'reverse' if m == 'reverse' else 'forward', seed,
+            'default' if warm else fds_init, reverse_ckpt,
+            WARM_STEP_SIZES if warm else None)
+      elif m in GREEDY:
+        checkpoints, info = run_greedy(task, m, horizon, budget, cost[m],
+                                       seed, greedy_scales)
+      else:
+        checkpoints, info = run_blackbox(task, m, horizon, budget, seed,
+                                         blackbox_lr_intervals,
+                                         hyperband_reports)
+      seconds = time.time() - t0
+      spent = checkpoints[-1][0] if checkpoints else 0.0
+      runs[m].append({'checkpoints': checkpoints, 'info': info,
+                      'seconds': seconds, 'spent': spent})
+      log(f'seed {seed} {m:<10} spent {spent:9.0f} steps, {seconds:6.1f} s '
+          f'{json.dumps(_jsonable(info))[:150]}')
+
+  # The same evaluation for every method: unique schedules retrained once.
+  points = [budget * (j + 1) / eval_points for j in range(eval_points)]
+  wanted = {}
+  for m, rs in runs.items():
+    for r in rs:
+      r['curve'] = [at_budget(r['checkpoints'], b) for b in points]
+      r['final'] = at_budget(r['checkpoints'], budget)
+      for h in r['curve'] + [r['final']]:
+        if h is not None:
+          wanted.setdefault(_key(h), h)
+  keys = list(wanted)
+  log(f'evaluating {len(keys)} schedules x {eval_seeds} seeds')
+  t0 = time.time()
+  scores = evaluate(task, [wanted[k] for k in keys], horizon,
+                    [_EVAL_SEED_BASE + i for i in range(eval_seeds)],
+                    eval_batch)
+  score = dict(zip(keys, scores))
+  log(f'evaluation: {time.time() - t0:.1f} s')
+
+  results = {'task': task_name, 'horizon': horizon, 'budget': budget,
+             'seeds': seeds, 'ratios': ratios, 'points': points,
+             'eval_seeds': eval_seeds, 'fds_init': fds_init,
+             'fds_step_sizes': config.step_sizes.to_dict(),
+             'blackbox_lr_intervals': blackbox_lr_intervals,
+             'reverse_checkpoint_every': reverse_ckpt,
+             'backend': f'{jax.default_backend()} '
+                        f'({jax.devices()[0].device_kind})',
+             'methods': {}}
+  for m, rs in runs.items():
+    per_seed = []
+    for r in rs:
+      final = score[_key(r['final'])] if r['final'] is not None else (
+          (math.nan, math.nan))
+      per_seed.append({
+          'test_loss': float(final[0]), 'test_accuracy': float(final[1]),
+          'spent': r['spent'], 'seconds': r['seconds'], 'info': r['info'],
+          'curve': [float(score[_key(h)][1]) if h is not None else math.nan
+                    for h in r['curve']],
+          'curve_loss': [float(score[_key(h)][0]) if h is not None
+                         else math.nan for h in r['curve']],
+          'schedule': {k: np.asarray(v).tolist()
+                       for k, v in (r['final'] or {}).items()
+                       if np.size(v) <= 16}})
+    results['methods'][m] = per_seed
+  results['total_seconds'] = time.time() - start
+  return results
+
+
+def _jsonable(tree):
+  return jax.tree.map(
+      lambda x: float(x) if isinstance(x, (float, np.floating)) else x, tree)
+
+
+def _mean_std(values):
+  v = np.asarray(values, np.float64)
+  return float(np.mean(v)), float(np.std(v))
+
+
+LABELS = {'default': 'default schedule', 'fds': 'FDS (forward, non-greedy)',
+          'fds_warm': 'FDS from the default schedule, small steps',
+          'reverse': 'reverse-mode non-greedy', 'hd': 'HD (greedy)',
+          'rtho': 'RTHO (greedy)', 'truncated': 'truncated greedy',
+          'random': 'random search', 'tpe': 'TPE', 'hyperband': 'Hyperband'}
+
+
+def table(results) -> str:
+  rows = []
+  T = results['horizon']
+  for m, per_seed in results['methods'].items():
+    acc = _mean_std([r['test_accuracy'] for r in per_seed])
+    loss = _mean_std([r['test_loss'] for r in per_seed])
+    spent = np.mean([r['spent'] for r in per_seed])
+    secs = np.mean([r['seconds'] for r in per_seed])
+    ratio = results['ratios'].get('fds' if m == 'fds_warm' else m,
+                                  1.0 if m in BLACKBOX else None)
+    rows.append([LABELS[m], f'{100 * acc[0]:.2f} ± {100 * acc[1]:.2f}',
+                 f'{loss[0]:.3f} ± {loss[1]:.3f}', f'{spent:,.0f}',
+                 f'{spent / T:.1f}', _iterations(m, per_seed),
+                 '-' if ratio is None else f'{ratio:.2f}', f'{secs:.0f}'])
+  return common.markdown_table(
+      ['method', 'test acc % (mean ± std)', 'test loss',
+       'inner steps (equiv.)',
+       '= runs of T', 'search iterations', 'cost of one (x T)',
+       'search wall s'], rows)
+
+
+def _iterations(m, per_seed) -> str:
+  """Outer steps, greedy runs or trials (pruned), mean over seeds."""
+  info = [r['info'] for r in per_seed]
+  if m in OUTER:
+    return f"{np.mean([i['outer_steps'] for i in info]):.1f} outer steps"
+  if m in GREEDY:
+    return f"{np.mean([len(i['runs']) for i in info]):.1f} runs"
+  if m in BLACKBOX:
+    text = f"{np.mean([i['trials'] for i in info]):.1f} trials"
+    if m == 'hyperband':
+      text += f" ({np.mean([i['pruned'] for i in info]):.1f} pruned)"
+    return text
+  return '-'
+
+
+def plot(results, path):
+  """Test accuracy and test loss of the returned schedule vs budget."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  T = results['horizon']
+  x = np.asarray(results['points']) / T
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+  for ax, field, scale, ylabel in (
+      (axes[0], 'curve', 100, 'test accuracy %'),
+      (axes[1], 'curve_loss', 1, 'test cross-entropy (the objective)')):
+    for m, per_seed in results['methods'].items():
+      curves = scale * np.asarray([r[field] for r in per_seed], np.float64)
+      if m == 'default':
+        ax.axhline(np.nanmean(curves), color='k', ls='--', lw=1,
+                   label=LABELS[m])
+        continue
+      with warnings.catch_warnings():  # a point no seed reached: NaN
+        warnings.simplefilter('ignore', RuntimeWarning)
+        mean = np.nanmean(curves, axis=0)
+        std = np.nanstd(curves, axis=0)
+      style = '-' if m in OUTER else (':' if m in GREEDY else '-.')
+      line, = ax.plot(x, mean, style, marker='o', ms=3, label=LABELS[m])
+      ax.fill_between(x, mean - std, mean + std, color=line.get_color(),
+                      alpha=0.12)
+    ax.set_xlabel(f'budget (training runs of T = {T} inner steps, '
+                  'cost-weighted)')
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+  axes[0].legend(fontsize=7, ncol=2)
+  fig.suptitle(f"{results['task']}: schedule returned at each budget, "
+               f"retrained and tested (mean ± std over {results['seeds']} "
+               'seeds)', fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write(results, out_dir, command, tag=''):
+  os.makedirs(out_dir, exist_ok=True)
+  base = os.path.join(out_dir, f"hpo_{results['task']}{tag}")
+  r = results
+  ratios = ', '.join(f'{k} {v:.2f}' for k, v in r['ratios'].items()
+                     if k != 'plain_seconds')
+  text = (
+      f"# HPO at equal budget: {r['task']}\n\n"
+      f"Produced by `{command}` in {r['total_seconds'] / 60:.1f} min on "
+      f"{r['backend']}, {os.cpu_count()} CPU cores (shared: timings are "
+      f"noisy).\n\n"
+      f"Horizon T = {r['horizon']} inner steps; budget {r['budget']:,} "
+      f"inner-step equivalents per method and seed "
+      f"({r['budget'] / r['horizon']:.1f} training runs). Measured cost of "
+      f"one run relative to plain training (plain T steps = "
+      f"{r['ratios']['plain_seconds']:.2f} s): {ratios}. Test accuracy: "
+      f"schedule retrained from scratch for T steps, mean over "
+      f"{r['eval_seeds']} fixed init seeds, then mean ± std over "
+      f"{r['seeds']} HPO seeds. Black-box objective: validation loss at "
+      f"the end of training; black-box lr pieces: "
+      f"{r['blackbox_lr_intervals']}. FDS/reverse init: {r['fds_init']}, "
+      f"outer step sizes {r['fds_step_sizes']}; "
+      f"reverse checkpointing: {r['reverse_checkpoint_every']}. Search wall "
+      f"time includes compilation on the first seed.\n\n"
+      f"{table(r)}\n\n![accuracy vs budget]({os.path.basename(base)}.png)\n")
+  with open(base + '.md', 'w') as f:
+    f.write(text)
+  with open(base + '.json', 'w') as f:
+    json.dump(_jsonable(r), f, indent=1, default=float)
+  plot(r, base + '.png')
+  return base
+
+
+def main(argv):
+  del argv
+  results = run_table(
+      _TASK.value, horizon=_HORIZON.value, budget=_BUDGET.value,
+      fds_outer_steps=_FDS_STEPS.value, seeds=_SEEDS.value,
+      methods=_METHODS.value, eval_points=_EVAL_POINTS.value,
+      eval_seeds=_EVAL_SEEDS.value, eval_batch=_EVAL_BATCH.value,
+      blackbox_lr_intervals=_BB_LR_INTERVALS.value,
+      hyperband_reports=_HB_REPORTS.value,
+      greedy_scales=[float(s) for s in _GREEDY_SCALES.value],
+      fds_init=_FDS_INIT.value,
+      fds_step_sizes=dict((kv.split('=')[0], float(kv.split('=')[1]))
+                          for kv in _FDS_STEP_SIZES.value.split(',') if kv),
+      reverse_checkpoint_every=_REVERSE_CKPT.value, repeats=_REPEATS.value,
+      data_dir=_DATA_DIR.value, log=lambda s: print(s, flush=True))
+  command = 'python -m benchmarks.hpo_table ' + ' '.join(sys.argv[1:])
+  base = write(results, _OUT_DIR.value, command.strip(), _TAG.value)
+  print(table(results))
+  print(f'wrote {base}.md, .png and .json')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,63 @@
+"""Central finite differences of a scalar function of a schedule pytree.
+
+The reference every hypergradient estimator is checked against: in float64,
+with ``eps ~ 1e-6``, truncation (``O(eps^2)``) and rounding (``~1e-16 / eps``)
+errors are both near ``1e-10`` relative, far below the float32 estimators'.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+
+def finite_difference(loss: Callable[[PyTree], Any], hparams: PyTree,
+                      eps: float = 1e-6) -> PyTree:
+  r"""Central differences of ``loss(hparams)`` w.r.t. every schedule value.
+
+  .. math::
+    g_i \approx \frac{L(h + \epsilon e_i) - L(h - \epsilon e_i)}{2 \epsilon}
+
+  Costs two evaluations of ``loss`` per schedule value (each a whole training
+  run for a validation loss), so it is for checking, not for searching.
+
+  Args:
+    loss: ``loss(hparams) -> scalar``, e.g. ``lambda h: loss_fn(unroll(
+      step_fn, state, h, T))``; jit it so the bumped calls do not retrace.
+    hparams: the schedule pytree; leaves of any shape.
+    eps: the bump; ``1e-6`` suits float64 (enable ``jax_enable_x64``).
+
+  Returns:
+    A pytree like ``hparams`` of float64 numpy arrays.
+
+  Raises:
+    ValueError: ``eps`` not a positive finite number.
+
+  Example:
+    >>> loss = jax.jit(lambda h: loss_fn(hypergrad.unroll(step_fn, s, h, T)))
+    >>> g_fd = hypergrad.finite_difference(loss, hparams)
+  """
+  if not (isinstance(eps, (int, float, np.floating)) and np.isfinite(eps)
+          and eps > 0):
+    raise ValueError(f'eps must be a positive finite number, got eps={eps!r}.')
+  leaves, treedef = jax.tree.flatten(hparams)
+  out = []
+  for l, leaf in enumerate(leaves):
+    leaf = np.asarray(leaf, np.float64)
+    grad = np.zeros_like(leaf)
+    for idx in np.ndindex(leaf.shape):
+      vals = []
+      for sign in (1.0, -1.0):
+        bumped = leaf.copy()
+        bumped[idx] += sign * eps
+        new = list(leaves)
+        new[l] = jnp.asarray(bumped)
+        vals.append(float(loss(jax.tree.unflatten(treedef, new))))
+      grad[idx] = (vals[0] - vals[1]) / (2 * eps)
+    out.append(grad)
+  return jax.tree.unflatten(treedef, out)
