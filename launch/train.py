@@ -9,7 +9,9 @@ only parses flags. Config fields (see ``launch/configs/base.py``):
 * ``hyperparams``: comma-separated kinds to learn (``lr``, ``momentum``,
   ``weight_decay``); the others keep the task's plain values.
 * ``intervals``, ``init``, ``step_sizes``: per kind.
-* ``outer_steps``, ``tol``: the sign-based outer loop's bound and tolerance.
+* ``outer_steps``, ``tol``: the sign-based outer loop's bound and tolerance;
+  ``divergence_factor``: a validation loss above this multiple of the first
+  one counts as diverged (0: only NaN/Inf).
 * ``estimator``: ``forward`` (FDS) or ``reverse``; ``chunk_size``,
   ``checkpoint_every``: their memory knobs.
 * ``redraw_val``, ``fresh_init``: per-outer-step validation split and inner
@@ -103,6 +105,10 @@ def validate_config(config) -> list[str]:
                       f'{config.val_fraction}.')
   if not 0.0 < config.tol < 1.0:
     raise ConfigError(f'tol must be in (0, 1), got {config.tol}.')
+  factor = config.get('divergence_factor', 0.0)
+  if not _is_real(factor) or not (factor == 0 or 1 < factor < math.inf):
+    raise ConfigError('divergence_factor must be 0 (off) or a finite number '
+                      f'> 1, got {factor!r}.')
   kinds = _kinds(config)
   for name in ('intervals', 'init', 'step_sizes'):
     if not isinstance(config[name], (dict, ml_collections.ConfigDict)):
@@ -312,15 +318,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     metrics.write(record)
     checkpointer.save(new_state, records)
     bar.update(1)
-    status = 'accepted' if record['accepted'] else (
-        'REJECTED: inner run diverged at inner step '
-        f'{record["nonfinite_step"]}; backing off')
+    if record['accepted']:
+      status = 'accepted'
+    elif record['nonfinite_step'] is None:
+      status = ('REJECTED: validation loss exploded (above '
+                f'{config.divergence_factor:g} x the first); backing off')
+    else:
+      status = ('REJECTED: inner run diverged at inner step '
+                f'{record["nonfinite_step"]}; backing off')
     logging.info('outer step %d %s: val loss %.4f, val acc %.4f, %.1fs',
                  record['outer_step'], status, record['val_loss'],
                  record['val_accuracy'], record['seconds'])
 
   while state.step < config.outer_steps and not state.converged:
-    state, record = search.step(fn, opt, state, tol=config.tol)
+    state, record = search.step(
+        fn, opt, state, tol=config.tol,
+        divergence_factor=config.get('divergence_factor', 0.0) or None)
     callback(state, record)
   bar.close()
   metrics.close()

@@ -239,7 +239,7 @@ def _template():
 def _state(step):
   t = _template()
   hparams = jax.tree.map(lambda h: h + 0.1 * step, t.hparams)
-  return t._replace(hparams=hparams, step=step)
+  return t._replace(hparams=hparams, step=step, initial_loss=2.5 + step)
 
 
 def _records(n):

@@ -117,6 +117,31 @@ class SearchTest(parameterized.TestCase):
     np.testing.assert_allclose(state.hparams['lr'], [0.27])
     np.testing.assert_allclose(state.opt.step_sizes['lr'], [0.25])
 
+  @parameterized.parameters((10.0, False), (None, True))
+  def test_finite_but_exploded_loss_is_divergence(self, factor, accepted):
+    # Over 20 steps lr 0.52 multiplies the loss by 1.6^40 ~ 1.5e8: finite,
+    # but a run gone bad that must not be taken as a result.
+    fn = _quadratic(5.0, num_steps=20)
+    opt = outer.sign_descent({'lr': 0.5})
+    state = search.init({'lr': jnp.array([0.02])}, opt)
+    state, rec = search.step(fn, opt, state, divergence_factor=factor)
+    self.assertTrue(rec['accepted'])
+    first = rec['val_loss']
+    self.assertAlmostEqual(state.initial_loss, first)
+    state, rec = search.step(fn, opt, state, divergence_factor=factor)
+    self.assertTrue(np.isfinite(rec['val_loss']))
+    self.assertGreater(rec['val_loss'], 1e6 * first)
+    self.assertEqual(rec['accepted'], accepted)
+    if not accepted:
+      np.testing.assert_allclose(state.hparams['lr'], [0.27])
+    self.assertAlmostEqual(state.initial_loss, first)
+
+  @parameterized.parameters(1.0, 0.5, -3.0, 'big', True)
+  def test_bad_divergence_factor_is_named(self, factor):
+    with pytest.raises(ValueError, match='divergence_factor='):
+      search.run(_quadratic(5.0), {'lr': jnp.array([0.03])},
+                 divergence_factor=factor)
+
   def test_divergence_at_start_raises(self):
     with pytest.raises(search.DivergenceError, match='initial'):
       search.run(_quadratic(5.0, num_steps=500), {'lr': jnp.array([1.0])})

@@ -38,7 +38,8 @@ def _to_tree(state: search.OuterState) -> dict:
   return {'hparams': state.hparams, 'last_good': state.last_good,
           'opt': state.opt._asdict(),
           'step': np.asarray(state.step, np.int64),
-          'converged': np.asarray(state.converged, np.bool_)}
+          'converged': np.asarray(state.converged, np.bool_),
+          'initial_loss': np.asarray(state.initial_loss, np.float64)}
 
 
 def _from_tree(tree: dict) -> search.OuterState:
@@ -46,7 +47,8 @@ def _from_tree(tree: dict) -> search.OuterState:
   as_jax = lambda t: jax.tree.map(jnp.asarray, t)
   return search.OuterState(as_jax(tree['hparams']), as_jax(tree['last_good']),
                            as_jax(opt), int(tree['step']),
-                           bool(tree['converged']))
+                           bool(tree['converged']),
+                           float(tree['initial_loss']))
 
 
 def jsonable(tree: PyTree) -> PyTree:

@@ -26,6 +26,9 @@ def get_base_config(task: str) -> ml_collections.ConfigDict:
       {'lr': 0.1, 'momentum': 0.1, 'weight_decay': 3e-4})
   c.outer_steps = 10
   c.tol = 0.05                  # converged when every step < 5% of its value
+  # An outer step whose validation loss exceeds this multiple of the initial
+  # one is rejected as diverged, even if finite; 0 = only NaN/Inf.
+  c.divergence_factor = 10.0
   c.estimator = 'forward'       # forward | reverse
   c.checkpoint_every = 0        # reverse mode rematerialisation block; 0 = none
   c.chunk_size = 0              # forward mode: max tangents at once; 0 = all
