@@ -1,0 +1,83 @@
+"""The benchmark scripts run end to end on shrunk settings and keep their books.
+
+Speed and memory *targets* live in ``benchmarks/``; these tests check that the
+comparison is what it says: every method within the same budget, the greedy
+grid filling it, every row in the table, and the accuracy section right.
+"""
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from benchmarks import hpo_table
+from benchmarks import run as run_bench
+
+
+def test_coarse_to_fine_covers_the_range_from_the_first_values():
+  scales = hpo_table.coarse_to_fine(7, 0.03, 10.0)
+  assert len(set(scales)) == 7
+  assert all(0.03 <= s <= 10.0 for s in scales)
+  # The first is the log-midpoint; the next two split either half.
+  np.testing.assert_allclose(scales[0], math.sqrt(0.03 * 10.0))
+  assert scales[1] < scales[0] < scales[2]
+  np.testing.assert_allclose(sorted(np.log(scales)),
+                             np.log(0.03) + np.log(10 / 0.03)
+                             * np.arange(1, 8) / 8)
+
+
+@pytest.fixture(scope='module')
+def tiny_table(tmp_path_factory):
+  results = hpo_table.run_table(
+      'digits_mlp', horizon=40, fds_outer_steps=3, seeds=1, eval_points=2,
+      eval_seeds=1, repeats=1, hyperband_reports=3, log=lambda s: None)
+  out = tmp_path_factory.mktemp('results')
+  base = hpo_table.write(results, str(out), 'python -m benchmarks.hpo_table',
+                         tag='_tiny')
+  return results, base
+
+
+def test_hpo_table_every_method_within_one_budget(tiny_table):
+  results, _ = tiny_table
+  budget = results['budget']
+  # The default budget is FDS's: 3 outer steps at its measured cost.
+  assert budget == math.ceil(3 * results['ratios']['fds'] * 40)
+  assert set(results['methods']) == set(hpo_table.METHODS)
+  for m, per_seed in results['methods'].items():
+    (r,) = per_seed
+    assert r['spent'] <= budget + 1e-6, m
+    assert 0.0 <= r['test_accuracy'] <= 1.0 and math.isfinite(
+        r['test_loss']), m
+  default = results['methods']['default'][0]
+  assert default['spent'] == 0
+  for m in hpo_table.GREEDY:
+    (r,) = results['methods'][m]
+    runs = len(r['info']['runs'])
+    # The automatic grid fills the budget: one more run would overrun it.
+    assert runs == max(int(budget // (results['ratios'][m] * 40)), 1), m
+    assert r['spent'] + results['ratios'][m] * 40 > budget, m
+  for m in hpo_table.BLACKBOX:
+    (r,) = results['methods'][m]
+    assert budget - r['spent'] < 40, m   # no full trial left unpaid
+
+
+def test_hpo_table_writes_table_plot_and_json(tiny_table):
+  results, base = tiny_table
+  for ext in ('.md', '.png', '.json'):
+    assert os.path.getsize(base + ext) > 0
+  text = open(base + '.md').read()
+  assert 'python -m benchmarks.hpo_table' in text
+  for label in hpo_table.LABELS.values():
+    assert label in text, label
+  assert hpo_table.table(results).count('\n') == len(hpo_table.METHODS) + 1
+
+
+def test_accuracy_section_agrees_with_finite_differences():
+  rows = run_bench.hypergradient_accuracy(horizons=(30,), widths=(4, 8, 3))
+  assert len(rows) == 4
+  for steps, name, dtype, rel, _, sign, fwd_rev in rows:
+    assert steps == 30 and name in ('forward', 'reverse')
+    assert rel < (1e-6 if dtype == 'float64' else 1e-3), (name, dtype, rel)
+    assert sign == 1.0
+    assert fwd_rev < (1e-12 if dtype == 'float64' else 1e-4)
