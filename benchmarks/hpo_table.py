@@ -11,19 +11,22 @@ Methods (all learn lr, momentum and weight decay of SGD with momentum):
   no search.
 * ``fds``: the FDS outer loop (sign steps on forward-mode hypergradients
   through the whole horizon) with the task's launch config
-  (``launch/configs/<task>.py``: 7 lr intervals, init 0, re-drawn
-  validation split and fresh initialisation per outer step).
-* ``fds_warm``: the same, started from the default schedule (where the
-  greedy methods start) with smaller first outer steps (lr 0.05, momentum
-  0.02, wd 3e-4: a momentum step of 0.1 from 0.9 hits the 0.999 clip and
-  the inner run blows up).
+  (``launch/configs/<task>.py``: 7 lr intervals, re-drawn validation split
+  and fresh initialisation per outer step; its initial schedule and outer
+  step sizes: for MNIST-1D the default schedule with steps lr 0.05,
+  momentum 0.02, wd 3e-4, for the others the paper's init 0 with steps
+  0.1, 0.1, 3e-4).
+* ``fds_zero``: the FDS paper's setting whatever the config says: init 0,
+  outer steps lr 0.1, momentum 0.1, wd 3e-4 (``launch/configs/base.py``).
 * ``reverse``: the same loop with reverse-mode hypergradients (the same
   numbers, another cost), optionally checkpointed.
 * ``hd``, ``rtho``, ``truncated``: greedy online methods (hypergradient
   descent on the validation loss; RTHO every T/20 steps; truncated
   forward-mode look-ahead of T/10 steps) started from the default schedule,
   with sign meta-steps; their meta step is tuned over a grid (the run with
-  the lowest final validation loss wins), within the budget. The schedule
+  the lowest final validation loss wins) as large as the budget pays for:
+  ``floor(budget / cost of one run)`` scales, log-spaced over [0.03, 10]
+  and tried coarse to fine, so a smaller budget has tried a coarser grid. The schedule
   they return is the per-step values they used (T intervals).
 * ``random``, ``tpe``, ``hyperband``: optuna black-box searches
   (:mod:`hypergrad._src.blackbox`) over a constant (or, with
@@ -84,11 +87,13 @@ from benchmarks import common
 
 GREEDY = ('hd', 'rtho', 'truncated')
 BLACKBOX = blackbox.METHODS
-OUTER = ('fds', 'fds_warm', 'reverse')
+OUTER = ('fds', 'fds_zero', 'reverse')
 METHODS = ('default',) + OUTER + GREEDY + BLACKBOX
-# fds_warm: FDS started where the greedy methods start (the task's default
-# schedule), with outer steps small enough not to throw momentum 0.9 past 1.
-WARM_STEP_SIZES = {'lr': 0.05, 'momentum': 0.02, 'weight_decay': 3e-4}
+# fds_zero: the FDS paper's outer steps (and its init 0).
+PAPER_STEP_SIZES = {'lr': 0.1, 'momentum': 0.1, 'weight_decay': 3e-4}
+# The bounds of the automatic greedy meta-step grid (total drift of lr over
+# the run, see greedy_method).
+GREEDY_SCALE_RANGE = (0.03, 10.0)
 KINDS = ('lr', 'momentum', 'weight_decay')
 
 # Per-task settings of the comparison (the FDS settings come from the task's
@@ -128,12 +133,14 @@ _BB_LR_INTERVALS = flags.DEFINE_integer(
 _HB_REPORTS = flags.DEFINE_integer('hyperband_reports', 9,
                                    'Hyperband chunks per trial (resource).')
 _GREEDY_SCALES = flags.DEFINE_list(
-    'greedy_scales', ['0.1', '0.3', '1.0', '3.0'],
+    'greedy_scales', [],
     'Greedy meta-step grid: the largest total drift of lr (and momentum) '
-    'over the run; weight decay drifts 3e-3 times as far (FDS step ratio).')
+    'over the run; weight decay drifts 3e-3 times as far (FDS step ratio). '
+    'Empty: as many scales as the budget pays for, log-spaced over '
+    '[0.03, 10], coarse to fine.')
 _FDS_INIT = flags.DEFINE_enum(
-    'fds_init', 'config', ['config', 'default'], 'FDS/reverse initial '
-    'schedule: the launch config\'s (0) or the task\'s default.')
+    'fds_init', 'config', ['config', 'default', 'zero'], 'FDS/reverse '
+    'initial schedule: the launch config\'s, the task\'s default, or 0.')
 _FDS_STEP_SIZES = flags.DEFINE_string(
     'fds_step_sizes', '', 'Override of the config\'s initial outer step '
     'sizes, e.g. momentum=0.02,lr=0.05.')
@@ -163,9 +170,13 @@ def fds_config(task_name: str):
 
 
 def initial_fds_hparams(task, config, init: str) -> dict:
-  """FDS's starting schedule: the config's values or the task's defaults."""
-  values = (dict(task.spec.default_hparams) if init == 'default'
-            else dict(config.init))
+  """FDS's starting schedule: the config's values, the task's defaults, 0."""
+  if init == 'default':
+    values = dict(task.spec.default_hparams)
+  elif init == 'zero':
+    values = {k: 0.0 for k in KINDS}
+  else:
+    values = dict(config.init)
   return {k: schedule.constant(values[k], config.intervals.get(k, 1),
                                task.dtype) for k in KINDS}
 
@@ -206,7 +217,7 @@ def measure_costs(task, horizon: int, config, methods, repeats: int,
                                        num_steps=horizon, start=0,
                                        stop=horizon)
   calls = {}
-  if 'fds' in methods or 'fds_warm' in methods:
+  if 'fds' in methods or 'fds_zero' in methods:
     calls['fds'] = lambda: hypergrad.forward_hypergrad(
         step_fn, loss_fn, state, fds_h, horizon)
   if 'reverse' in methods:
@@ -271,8 +282,26 @@ def run_outer(task, config, horizon, budget, cost, estimator, seed, init,
       'val_loss': [r['val_loss'] for r in records]}
 
 
+def coarse_to_fine(n: int, low: float, high: float) -> list[float]:
+  """``n`` log-spaced scales in ``[low, high]``, in van der Corput order.
+
+  Any prefix covers the range evenly (0.5, 0.25, 0.75, ... of the log
+  range), so a search stopped early by the budget has tried a coarser grid
+  rather than only the small scales.
+  """
+  def radical_inverse(i):
+    x, f = 0.0, 0.5
+    while i:
+      x, i, f = x + f * (i & 1), i >> 1, f / 2
+    return x
+  fractions = [radical_inverse(i + 1) for i in range(n)]
+  return [float(low * (high / low) ** u) for u in fractions]
+
+
 def run_greedy(task, name, horizon, budget, cost, seed, scales):
   """A greedy method, its meta step chosen by final validation loss."""
+  if not scales:
+    scales = coarse_to_fine(max(int(budget // cost), 1), *GREEDY_SCALE_RANGE)
   split = task.default_split()
   step_fn, loss_fn = task.step_fn(split), task.loss_fn(split)
   one = {k: schedule.constant(v, 1, task.dtype)
@@ -376,7 +405,7 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
               fds_outer_steps: int = 10, seeds: int = 3, methods=METHODS,
               eval_points: int = 5, eval_seeds: int = 2, eval_batch: int = 0,
               blackbox_lr_intervals: int = 1, hyperband_reports: int = 9,
-              greedy_scales=(0.1, 0.3, 1.0, 3.0), fds_init: str = 'config',
+              greedy_scales=(), fds_init: str = 'config',
               fds_step_sizes: dict | None = None,
               reverse_checkpoint_every: int = -1, repeats: int = 3,
               data_dir: str | None = None, log=print) -> dict:
@@ -405,7 +434,7 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
                          reverse_ckpt, log)
   cost = {m: ratios[m] * horizon for m in OUTER + GREEDY if m in ratios}
   if 'fds' in ratios:
-    cost['fds_warm'] = cost['fds']  # the same estimator
+    cost['fds_zero'] = cost['fds']  # the same estimator
   if not budget:
     if 'fds' not in ratios:
       raise ValueError('the default budget is set by FDS\'s cost: include '
@@ -421,12 +450,12 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
       if m == 'default':
         checkpoints, info = [(0.0, task.default_hparams())], {}
       elif m in OUTER:
-        warm = m == 'fds_warm'
+        zero = m == 'fds_zero'
         checkpoints, info = run_outer(
             task, config, horizon, budget, cost[m],
             'reverse' if m == 'reverse' else 'forward', seed,
-            'default' if warm else fds_init, reverse_ckpt,
-            WARM_STEP_SIZES if warm else None)
+            'zero' if zero else fds_init, reverse_ckpt,
+            PAPER_STEP_SIZES if zero else None)
       elif m in GREEDY:
         checkpoints, info = run_greedy(task, m, horizon, budget, cost[m],
                                        seed, greedy_scales)
@@ -500,7 +529,7 @@ def _mean_std(values):
 
 
 LABELS = {'default': 'default schedule', 'fds': 'FDS (forward, non-greedy)',
-          'fds_warm': 'FDS from the default schedule, small steps',
+          'fds_zero': 'FDS, paper setting (init 0, steps 0.1)',
           'reverse': 'reverse-mode non-greedy', 'hd': 'HD (greedy)',
           'rtho': 'RTHO (greedy)', 'truncated': 'truncated greedy',
           'random': 'random search', 'tpe': 'TPE', 'hyperband': 'Hyperband'}
@@ -514,7 +543,7 @@ def table(results) -> str:
     loss = _mean_std([r['test_loss'] for r in per_seed])
     spent = np.mean([r['spent'] for r in per_seed])
     secs = np.mean([r['seconds'] for r in per_seed])
-    ratio = results['ratios'].get('fds' if m == 'fds_warm' else m,
+    ratio = results['ratios'].get('fds' if m == 'fds_zero' else m,
                                   1.0 if m in BLACKBOX else None)
     rows.append([LABELS[m], f'{100 * acc[0]:.2f} ± {100 * acc[1]:.2f}',
                  f'{loss[0]:.3f} ± {loss[1]:.3f}', f'{spent:,.0f}',
