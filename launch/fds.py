@@ -6,9 +6,14 @@ r"""FDS hyperparameter optimisation from the command line.
     python -m launch.fds --workdir workdir/run1 --resume    # continue a killed run
 
 Each task's config lives in ``launch/configs/<task>.py`` (its docstring gives
-the command, run time and expected result); ``--config`` names another file
-and ``--config.<field>=value`` overrides any field. The flags below override
-the config when given.
+the command, run time and expected result). ``--config FILE`` names the
+config file, and with it ``--config.<field>=value`` overrides any field:
+
+    python -m launch.fds --config launch/configs/mnist1d_mlp.py \
+        --config.val_fraction=0.1 --config.step_sizes.lr=0.02
+
+(``--config.<field>`` is only defined once ``--config`` is given.) The flags
+below override the config when given.
 """
 
 from __future__ import annotations
@@ -112,9 +117,15 @@ def build_config():
     if flag.value is not None:
       config[field] = flag.value
   if _INTERVALS.value is not None:
+    learned = [k.strip() for k in str(config.hyperparams).split(',')]
     for kind, n in _parse_intervals(_INTERVALS.value).items():
       if kind not in ('lr', 'momentum', 'weight_decay'):
         raise app.UsageError(f'--intervals: unknown hyperparameter {kind!r}.')
+      if kind not in learned:
+        # It would be silently ignored: the kind keeps the task's value.
+        raise app.UsageError(
+            f'--intervals gives {kind}={n}, but {kind} is not learned '
+            f'(--hyperparams {",".join(learned)}).')
       config.intervals[kind] = n
   return config
 

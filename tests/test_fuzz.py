@@ -284,6 +284,17 @@ def test_bad_checkpoint_every_rejected(checkpoint_every):
                  'checkpoint_every')
 
 
+@pytest.mark.parametrize('wrap', [np.int32, np.int64, np.uint8])
+def test_numpy_int_options_accepted(wrap):
+  # Sizes read from configs or arrays arrive as numpy ints.
+  h = {'lr': np.full((2,), 0.1)}
+  ref = forward(h, 4)[1]['lr']
+  got_fwd = forward(h, 4, chunk_size=wrap(1))[1]['lr']
+  got_rev = reverse(h, 4, checkpoint_every=wrap(3))[1]['lr']
+  np.testing.assert_allclose(got_fwd, ref, rtol=1e-6)
+  np.testing.assert_allclose(got_rev, ref, rtol=1e-6)
+
+
 @FUZZ_VALID
 @given(data=st.data())
 def test_valid_inputs_keep_structure_shapes_and_dtypes(data):

@@ -107,6 +107,8 @@ def test_intervals_longer_than_horizon():
     (['--horizon', '10', '--intervals', 'lr=20'], 'exceed the horizon'),
     (['--hyperparams', 'lr,temperature'], "unknown hyperparameter"),
     (['--intervals', 'lr=x'], 'is not an integer'),
+    (['--hyperparams', 'lr', '--intervals', 'momentum=3'],
+     'momentum is not learned'),
 ])
 def test_bad_flags_exit_with_message(flags, message, tmp_path):
   proc = subprocess.run(

@@ -260,10 +260,12 @@ def forward_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,
   init_state, hparams, num_steps = validate_common(init_state, hparams,
                                                    num_steps)
   if chunk_size is not None and (
-      isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-      or chunk_size < 1):
+      isinstance(chunk_size, (bool, np.bool_))
+      or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
     raise ValueError(f'chunk_size must be a positive int or None, got '
                      f'{chunk_size!r}.')
+  # A numpy int is a different static argument from the equal Python int.
+  chunk_size = None if chunk_size is None else int(chunk_size)
   unroll_lib.validate_progress(progress)
   return _forward_hypergrad(num_steps, chunk_size, bool(skip_unstarted),
                             progress, bool(return_info),

@@ -49,6 +49,7 @@ import functools
 from typing import Any
 
 import jax
+import numpy as np
 
 from hypergrad._src import forward as forward_lib
 from hypergrad._src import unroll as unroll_lib
@@ -60,8 +61,9 @@ def validate_checkpoint_every(checkpoint_every):
   """Checks ``checkpoint_every`` is None or an int >= 1; returns it."""
   if checkpoint_every is None:
     return None
-  if (isinstance(checkpoint_every, bool)
-      or not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+  if (isinstance(checkpoint_every, (bool, np.bool_))
+      or not isinstance(checkpoint_every, (int, np.integer))
+      or checkpoint_every < 1):
     raise ValueError(
         'checkpoint_every must be None or an int >= 1 (the number of inner '
         f'steps per rematerialised block), got checkpoint_every='
