@@ -134,6 +134,23 @@ def _batch_norm(x: jax.Array, train: bool, momentum: float,
   return BatchNorm(momentum=momentum, param_dtype=param_dtype)(x, train)
 
 
+def _dense_head(module, x: jax.Array, widths: Sequence[int], act: Callable,
+                train: bool) -> jax.Array:
+  """Flatten, hidden Dense (+ BatchNorm) + activation layers, then logits.
+
+  Called from a ``@nn.compact`` method: the layers are ``module``'s
+  submodules, named in creation order as if written inline.
+  """
+  x = x.reshape((x.shape[0], -1))
+  for width in widths:
+    x = nn.Dense(width, use_bias=not module.batch_norm,
+                 param_dtype=module.param_dtype)(x)
+    if module.batch_norm:
+      x = _batch_norm(x, train, module.bn_momentum, module.param_dtype)
+    x = act(x)
+  return nn.Dense(module.num_classes, param_dtype=module.param_dtype)(x)
+
+
 class MLP(nn.Module):
   """Multi-layer perceptron on flattened inputs.
 
@@ -160,15 +177,8 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     """Maps ``(N, ...)`` inputs to ``(N, num_classes)`` logits."""
-    act = _activation(self.activation)
-    x = x.reshape((x.shape[0], -1))
-    for width in self.widths:
-      x = nn.Dense(width, use_bias=not self.batch_norm,
-                   param_dtype=self.param_dtype)(x)
-      if self.batch_norm:
-        x = _batch_norm(x, train, self.bn_momentum, self.param_dtype)
-      x = act(x)
-    return nn.Dense(self.num_classes, param_dtype=self.param_dtype)(x)
+    return _dense_head(self, x, self.widths, _activation(self.activation),
+                       train)
 
 
 class LeNet(nn.Module):
@@ -225,14 +235,7 @@ class LeNet(nn.Module):
       if self.batch_norm:
         x = _batch_norm(x, train, self.bn_momentum, self.param_dtype)
       x = pool(act(x), window, strides=window)
-    x = x.reshape((x.shape[0], -1))
-    for width in self.hidden:
-      x = nn.Dense(width, use_bias=not self.batch_norm,
-                   param_dtype=self.param_dtype)(x)
-      if self.batch_norm:
-        x = _batch_norm(x, train, self.bn_momentum, self.param_dtype)
-      x = act(x)
-    return nn.Dense(self.num_classes, param_dtype=self.param_dtype)(x)
+    return _dense_head(self, x, self.hidden, act, train)
 
 
 _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
