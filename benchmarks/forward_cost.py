@@ -31,7 +31,9 @@ def measure(steps: int, lr_intervals, repeats: int):
   rows = []
   for n in lr_intervals:
     hp = common.fds_hparams(n)
-    t_plain = common.best_time(lambda: plain(state, hp), repeats)
+    # Plain training is short and the ratio's denominator: time it more
+    # often, or one slow repeat on a shared machine moves every ratio.
+    t_plain = common.best_time(lambda: plain(state, hp), 3 * repeats)
     row = [n + 2, f'{t_plain * 1e3:.0f}']
     for skip in (True, False):
       fwd = lambda: hypergrad.forward_hypergrad(

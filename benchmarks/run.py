@@ -246,6 +246,19 @@ RUNNERS = {'forward_cost': ('Forward-mode cost vs number of '
            'tasks': ('Steps per second per task', section_tasks)}
 
 
+def _read_sections(path: str) -> dict[str, str]:
+  """The ``## title`` sections of an existing report, by title."""
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    text = f.read()
+  sections = {}
+  for chunk in text.split('\n## ')[1:]:
+    title = chunk.split('\n', 1)[0].strip()
+    sections[title] = '## ' + chunk.rstrip('\n') + '\n'
+  return sections
+
+
 def main(argv):
   del argv
   unknown = [x for x in _SECTIONS.value if x not in SECTIONS]
@@ -262,7 +275,9 @@ def main(argv):
   if set(_SECTIONS.value) != set(SECTIONS):
     command += ' --sections ' + ','.join(_SECTIONS.value)
   path = os.path.join(out_dir, 'report.md')
-  parts = []
+  # A subset re-run replaces its own sections and keeps the others.
+  kept = _read_sections(path) if set(_SECTIONS.value) != set(SECTIONS) else {}
+  done = {}
   for name in SECTIONS:
     if name not in _SECTIONS.value:
       continue
@@ -277,14 +292,18 @@ def main(argv):
       body = f'**Failed**: `{type(e).__name__}: {e}`\n'
     seconds = time.time() - t0
     print(body, flush=True)
-    parts.append(f'## {title}\n\n{body}\n_{seconds / 60:.1f} min._\n')
+    done[title] = (f'## {title}\n\n{body}\n_{seconds / 60:.1f} min, '
+                   f'`{command}`._\n')
+    parts = [done.get(RUNNERS[n][0]) or kept.get(RUNNERS[n][0])
+             for n in SECTIONS]
     # Rewritten after every section, so a long run is readable as it goes.
     with open(path, 'w') as f:
       f.write(
-          f'# hypergrad cost benchmarks\n\nProduced by `{command}` in '
-          f'{(time.time() - start) / 60:.1f} min on {device} (shared with '
-          f'other jobs: timings are noisy, ratios steadier than '
-          f'seconds).\n\n' + '\n'.join(parts))
+          f'# hypergrad cost benchmarks\n\nProduced by `python -m '
+          f'benchmarks.run` (each section names the command that last '
+          f'made it; this one took {(time.time() - start) / 60:.1f} min) on '
+          f'{device} (shared with other jobs: timings are noisy, ratios '
+          f'steadier than seconds).\n\n' + '\n'.join(p for p in parts if p))
   print(f'wrote {path}')
 
 

@@ -81,3 +81,17 @@ def test_accuracy_section_agrees_with_finite_differences():
     assert rel < (1e-6 if dtype == 'float64' else 1e-3), (name, dtype, rel)
     assert sign == 1.0
     assert fwd_rev < (1e-12 if dtype == 'float64' else 1e-4)
+
+
+def test_report_sections_are_read_back_by_title(tmp_path):
+  path = tmp_path / 'report.md'
+  path.write_text('# hypergrad cost benchmarks\n\nintro\n\n'
+                  '## Memory vs horizon\n\n| a |\n\n_1.0 min._\n\n'
+                  '## Steps per second per task\n\ntext\n')
+  sections = run_bench._read_sections(str(path))
+  assert list(sections) == ['Memory vs horizon', 'Steps per second per task']
+  assert sections['Memory vs horizon'] == (
+      '## Memory vs horizon\n\n| a |\n\n_1.0 min._\n')
+  assert run_bench._read_sections(str(tmp_path / 'absent.md')) == {}
+  # Every section the report can hold is found under its own title.
+  assert {t for t, _ in run_bench.RUNNERS.values()} >= set(sections)
