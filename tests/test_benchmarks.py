@@ -30,7 +30,7 @@ def test_coarse_to_fine_covers_the_range_from_the_first_values():
 @pytest.fixture(scope='module')
 def tiny_table(tmp_path_factory):
   results = hpo_table.run_table(
-      'digits_mlp', horizon=40, fds_outer_steps=3, seeds=1, eval_points=2,
+      'digits_mlp', horizon=40, fds_outer_steps=2, seeds=1, eval_points=2,
       eval_seeds=1, repeats=1, hyperband_reports=3, log=lambda s: None)
   out = tmp_path_factory.mktemp('results')
   base = hpo_table.write(results, str(out), 'python -m benchmarks.hpo_table',
@@ -41,8 +41,8 @@ def tiny_table(tmp_path_factory):
 def test_hpo_table_every_method_within_one_budget(tiny_table):
   results, _ = tiny_table
   budget = results['budget']
-  # The default budget is FDS's: 3 outer steps at its measured cost.
-  assert budget == math.ceil(3 * results['ratios']['fds'] * 40)
+  # The default budget is FDS's: 2 outer steps at its measured cost.
+  assert budget == math.ceil(2 * results['ratios']['fds'] * 40)
   assert set(results['methods']) == set(hpo_table.METHODS)
   for m, per_seed in results['methods'].items():
     (r,) = per_seed
