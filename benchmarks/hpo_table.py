@@ -54,9 +54,7 @@ The validation loss (cross-entropy) is every method's objective; the table
 reports test accuracy and test cross-entropy. Run time with the defaults on
 2 shared CPU cores: digits ~7 min, MNIST-1D ~27 min (a plain MNIST-1D run of
 T = 1000 steps takes 0.45 s; most of the wall time is compilation and the
-85-run budget of every method times 3 seeds). Greedy methods recompile for
-each meta step of their grid (it is a static argument), so their wall time
-is above their counted cost.
+85-run budget of every method times 3 seeds).
 
 Writes ``benchmarks/results/hpo_<task>{--tag}.{md,png,json}``.
 """

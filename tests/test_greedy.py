@@ -207,6 +207,38 @@ class InterfaceTest(parameterized.TestCase):
     for lr in (0.05, 0.07):
       hypergrad.run_online(method, _STATE, {'lr': hypergrad.constant(lr)}, 5)
 
+  @parameterized.parameters('hd', 'rtho', 'truncated')
+  def test_new_meta_step_sizes_do_not_retrace(self, name):
+    # Tuning a greedy method sweeps its meta step size: one compilation per
+    # structure of meta_lr (one float, or one per named hyperparameter).
+    traces = []
+
+    def step(w, h, t):
+      traces.append(t)
+      return _STEP(w, h, t)
+
+    def run(meta_lr):
+      if name == 'hd':
+        method = hypergrad.hypergradient_descent(step, _LOSS, meta_lr=meta_lr)
+      elif name == 'rtho':
+        method = hypergrad.rtho(step, _LOSS, meta_lr=meta_lr, every=2)
+      else:
+        method = hypergrad.truncated_greedy(step, _LOSS, meta_lr=meta_lr,
+                                            window=2)
+      final, _ = hypergrad.run_online(method, _STATE, _H0, 6)
+      return np.asarray(jax.tree.leaves(final)[0]).copy()
+
+    finals = []
+    for sweep in ((0.01, 0.03), ({'lr': 0.05, 'momentum': 0.01},
+                                 {'lr': 0.2, 'momentum': 0.02})):
+      finals.append(run(sweep[0]))
+      count = len(traces)
+      finals.append(run(sweep[1]))
+      self.assertEqual(len(traces), count, sweep)
+    # Every meta step size really was used.
+    for a, b in zip(finals, finals[1:]):
+      self.assertFalse(np.array_equal(a, b))
+
   def test_new_data_bound_with_partial_does_not_retrace(self):
     traces = []
 

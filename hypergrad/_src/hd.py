@@ -134,6 +134,6 @@ def hypergradient_descent(step_fn: Callable, loss_fn: Callable, *,
     ...     method, state, {'lr': hypergrad.constant(0.01)}, 1000)
   """
   cfg = online.meta_config(meta_lr, meta_update, bounds)
-  return online.make_method(online.Static(_init, (cfg,)),
-                            online.Static(_update, (cfg,)),
+  return online.make_method(cfg, online.Static(_init, ()),
+                            online.Static(_update, ()),
                             (step_fn, loss_fn, step_loss_fn))

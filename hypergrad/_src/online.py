@@ -111,11 +111,38 @@ class Named(NamedTuple):
     return dict(self.items).get(key, default)
 
 
-class MetaConfig(NamedTuple):
-  """How hyperparameters move given a hypergradient (static, hashable)."""
-  meta_lr: Any  # float or Named of floats
-  rule: str
-  bounds: Any  # None, (lo, hi), or Named of (lo, hi)
+@jax.tree_util.register_pytree_node_class
+class MetaConfig:
+  """How hyperparameters move given a hypergradient.
+
+  A pytree whose leaves are the meta step sizes and whose static part is the
+  rule, the bounds and the names: bound into an :class:`OnlineMethod`'s
+  ``Partial`` the step sizes are traced, so a sweep over ``meta_lr`` (tuning
+  a greedy method) compiles once.
+  """
+
+  def __init__(self, meta_lr, rule: str, bounds):
+    self.meta_lr = meta_lr  # float or Named of floats
+    self.rule = rule
+    self.bounds = bounds  # None, (lo, hi), or Named of (lo, hi)
+
+  def tree_flatten(self):
+    if isinstance(self.meta_lr, Named):
+      names = tuple(k for k, _ in self.meta_lr.items)
+      rates = tuple(v for _, v in self.meta_lr.items)
+    else:
+      names, rates = None, (self.meta_lr,)
+    return rates, (names, self.rule, self.bounds)
+
+  @classmethod
+  def tree_unflatten(cls, aux, rates):
+    names, rule, bounds = aux
+    meta_lr = rates[0] if names is None else Named(tuple(zip(names, rates)))
+    return cls(meta_lr, rule, bounds)
+
+  def __repr__(self):
+    return (f'MetaConfig(meta_lr={self.meta_lr!r}, rule={self.rule!r}, '
+            f'bounds={self.bounds!r})')
 
 
 class Static(NamedTuple):
@@ -275,20 +302,30 @@ def check_unroll(step_fn, loss_fn, inner_state, hparams):
   unroll_lib.check_step_fn(step_fn, loss_fn, inner_state, hparams, 1)
 
 
-def make_method(init_impl: Static, update_impl: Static, fns, every: int = 1,
-                every_arg: str = 'every') -> OnlineMethod:
-  """Wraps ``impl(*fns, ...)`` as an :class:`OnlineMethod`.
+class _ConfigFirst(NamedTuple):
+  """Calls ``impl.fn(cfg, *impl.args, *rest)``: the traced config goes first."""
+  impl: Static
 
-  ``fns`` (user callables) become pytree children of the ``Partial`` so the
-  arrays they are bound to are traced; ``init_impl`` / ``update_impl`` (with
-  their static configuration) are its static part, compared by value, so
-  neither reusing a method nor rebuilding it with the same configuration and
-  functions recompiles.
+  def __call__(self, cfg, *rest):
+    return self.impl.fn(cfg, *self.impl.args, *rest)
+
+
+def make_method(cfg: MetaConfig, init_impl: Static, update_impl: Static, fns,
+                every: int = 1, every_arg: str = 'every') -> OnlineMethod:
+  """Wraps ``impl.fn(cfg, *impl.args, *fns, ...)`` as an :class:`OnlineMethod`.
+
+  ``cfg`` (its meta step sizes) and ``fns`` (user callables) become pytree
+  children of the ``Partial`` so the step sizes and the arrays the functions
+  are bound to are traced; ``init_impl`` / ``update_impl`` (with their static
+  configuration) are its static part, compared by value, so neither reusing a
+  method nor rebuilding it with other meta step sizes, or the same
+  configuration and functions, recompiles.
   """
   fns = tuple(None if f is None else unroll_lib.as_pytree_fn(f) for f in fns)
-  return OnlineMethod(jax.tree_util.Partial(init_impl, *fns),
-                      jax.tree_util.Partial(update_impl, *fns), every,
-                      every_arg)
+  return OnlineMethod(
+      jax.tree_util.Partial(_ConfigFirst(init_impl), cfg, *fns),
+      jax.tree_util.Partial(_ConfigFirst(update_impl), cfg, *fns), every,
+      every_arg)
 
 
 # ---------------------------------------------------------------------------

@@ -174,6 +174,6 @@ def rtho(step_fn: Callable, loss_fn: Callable, *, every: int = 10,
   every = online.validate_positive_int(every, 'every')
   cfg = online.meta_config(meta_lr, meta_update, bounds)
   return online.make_method(
-      online.Static(_init, (cfg,)),
-      online.Static(_update, (cfg, every, bool(reset_tangents))),
+      cfg, online.Static(_init, ()),
+      online.Static(_update, (every, bool(reset_tangents))),
       (step_fn, loss_fn), every=every, every_arg='every')

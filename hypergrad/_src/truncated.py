@@ -164,7 +164,7 @@ def truncated_greedy(step_fn: Callable, loss_fn: Callable, *, window: int,
         f"estimator='reverse', got estimator={estimator!r}.")
   cfg = online.meta_config(meta_lr, meta_update, bounds)
   return online.make_method(
-      online.Static(_init, (cfg,)),
-      online.Static(_update, (cfg, window, estimator, checkpoint_every,
+      cfg, online.Static(_init, ()),
+      online.Static(_update, (window, estimator, checkpoint_every,
                               meta_steps)),
       (step_fn, loss_fn), every=window, every_arg='window')
