@@ -16,8 +16,9 @@ Methods (all learn lr, momentum and weight decay of SGD with momentum):
   step sizes: for MNIST-1D the default schedule with steps lr 0.05,
   momentum 0.02, wd 3e-4, for the others the paper's init 0 with steps
   0.1, 0.1, 3e-4).
-* ``fds_zero``: the FDS paper's setting whatever the config says: init 0,
-  outer steps lr 0.1, momentum 0.1, wd 3e-4 (``launch/configs/base.py``).
+* ``fds_zero``: the task's launch config with the FDS paper's initial
+  values and outer steps from ``launch/configs/base.py`` (init 0, steps lr
+  0.1, momentum 0.1, wd 3e-4), whatever the task's config says.
 * ``reverse``: the same loop with reverse-mode hypergradients (the same
   numbers, another cost), optionally checkpointed.
 * ``hd``, ``rtho``, ``truncated``: greedy online methods (hypergradient
@@ -26,8 +27,8 @@ Methods (all learn lr, momentum and weight decay of SGD with momentum):
   with sign meta-steps; their meta step is tuned over a grid (the run with
   the lowest final validation loss wins) as large as the budget pays for:
   ``floor(budget / cost of one run)`` scales, log-spaced over [0.03, 10]
-  and tried coarse to fine, so a smaller budget has tried a coarser grid. The schedule
-  they return is the per-step values they used (T intervals).
+  and tried coarse to fine, so a smaller budget has tried a coarser grid.
+  The schedule they return is the per-step values they used (T intervals).
 * ``random``, ``tpe``, ``hyperband``: optuna black-box searches
   (:mod:`hypergrad._src.blackbox`) over a constant (or, with
   ``--blackbox_lr_intervals``, piecewise) schedule, lr in [1e-3, 1] log,
@@ -85,13 +86,12 @@ from hypergrad._src import schedule
 from hypergrad._src import search
 from hypergrad._src import tasks as tasks_lib
 from benchmarks import common
+from launch.configs import base
 
 GREEDY = ('hd', 'rtho', 'truncated')
 BLACKBOX = blackbox.METHODS
 OUTER = ('fds', 'fds_zero', 'reverse')
 METHODS = ('default',) + OUTER + GREEDY + BLACKBOX
-# fds_zero: the FDS paper's outer steps (and its init 0).
-PAPER_STEP_SIZES = {'lr': 0.1, 'momentum': 0.1, 'weight_decay': 3e-4}
 # The bounds of the automatic greedy meta-step grid (total drift of lr over
 # the run, see greedy_method).
 GREEDY_SCALE_RANGE = (0.03, 10.0)
@@ -140,8 +140,8 @@ _GREEDY_SCALES = flags.DEFINE_list(
     'Empty: as many scales as the budget pays for, log-spaced over '
     '[0.03, 10], coarse to fine.')
 _FDS_INIT = flags.DEFINE_enum(
-    'fds_init', 'config', ['config', 'default', 'zero'], 'FDS/reverse '
-    'initial schedule: the launch config\'s, the task\'s default, or 0.')
+    'fds_init', 'config', ['config', 'default'], 'FDS/reverse initial '
+    'schedule: the launch config\'s or the task\'s default.')
 _FDS_STEP_SIZES = flags.DEFINE_string(
     'fds_step_sizes', '', 'Override of the config\'s initial outer step '
     'sizes, e.g. momentum=0.02,lr=0.05.')
@@ -166,18 +166,21 @@ def fds_config(task_name: str):
     module = importlib.import_module(f'launch.configs.{task_name}')
     return module.get_config()
   except ModuleNotFoundError:
-    from launch.configs import base  # pylint: disable=g-import-not-at-top
     return base.get_base_config(task_name)
 
 
+def paper_config(config):
+  """``config`` with the FDS paper's initial values and outer step sizes."""
+  paper = base.get_base_config(config.task)
+  out = config.copy_and_resolve_references()
+  out.init, out.step_sizes = paper.init, paper.step_sizes
+  return out
+
+
 def initial_fds_hparams(task, config, init: str) -> dict:
-  """FDS's starting schedule: the config's values, the task's defaults, 0."""
-  if init == 'default':
-    values = dict(task.spec.default_hparams)
-  elif init == 'zero':
-    values = {k: 0.0 for k in KINDS}
-  else:
-    values = dict(config.init)
+  """FDS's starting schedule: the config's values or the task's defaults."""
+  values = dict(task.spec.default_hparams if init == 'default'
+                else config.init)
   return {k: schedule.constant(values[k], config.intervals.get(k, 1),
                                task.dtype) for k in KINDS}
 
@@ -248,11 +251,11 @@ def measure_costs(task, horizon: int, config, methods, repeats: int,
 
 
 def run_outer(task, config, horizon, budget, cost, estimator, seed, init,
-              reverse_ckpt, step_sizes=None):
+              reverse_ckpt):
   """FDS's outer loop with forward- or reverse-mode hypergradients."""
   max_steps = int(math.floor(budget / cost + 1e-9))
   hparams0 = initial_fds_hparams(task, config, init)
-  step_sizes = step_sizes or {k: config.step_sizes[k] for k in KINDS}
+  step_sizes = {k: config.step_sizes[k] for k in KINDS}
   if max_steps < 1:
     return [(0.0, hparams0)], {'outer_steps': 0}
 
@@ -453,10 +456,9 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
       elif m in OUTER:
         zero = m == 'fds_zero'
         checkpoints, info = run_outer(
-            task, config, horizon, budget, cost[m],
-            'reverse' if m == 'reverse' else 'forward', seed,
-            'zero' if zero else fds_init, reverse_ckpt,
-            PAPER_STEP_SIZES if zero else None)
+            task, paper_config(config) if zero else config, horizon, budget,
+            cost[m], 'reverse' if m == 'reverse' else 'forward', seed,
+            'config' if zero else fds_init, reverse_ckpt)
       elif m in GREEDY:
         checkpoints, info = run_greedy(task, m, horizon, budget, cost[m],
                                        seed, greedy_scales)

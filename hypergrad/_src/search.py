@@ -6,8 +6,9 @@ inner run is never taken as a result: a NaN/Inf loss or hypergradient, or a
 finite validation loss that exploded (above ``divergence_factor`` times the
 loss at the initial hyperparameters: a run at momentum 0.999 can end at loss
 ~1e3 without overflowing), rejects the step that led to it, which is halved
-back towards the last good values while every step size shrinks. The loop state is a small pytree, so the launch script checkpoints it
-after every outer step and a resumed run continues exactly where it stopped.
+back towards the last good values while every step size shrinks. The loop
+state is a small pytree, so the launch script checkpoints it after every
+outer step and a resumed run continues exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -115,11 +116,12 @@ def step(hypergrad_fn: HypergradFn, opt: outer.SignDescent, state: OuterState,
   loss = jax.block_until_ready(loss)
   record = {'outer_step': state.step, 'hparams': state.hparams,
             'val_loss': float(loss), 'hypergrads': grads}
+  # The first step's loss (init leaves it nan) is the scale of "exploded".
   initial_loss = state.initial_loss
-  if state.step == 0 or not np.isfinite(initial_loss):
-    initial_loss = float(loss)
+  if not np.isfinite(initial_loss):
+    initial_loss = record['val_loss']
   if (bool(jnp.isfinite(loss)) and _all_finite(grads)
-      and not exploded(float(loss), initial_loss, divergence_factor)):
+      and not exploded(record['val_loss'], initial_loss, divergence_factor)):
     hparams, opt_state = opt.update(grads, state.opt, state.hparams)
     new = OuterState(hparams, state.hparams, opt_state, state.step + 1,
                      outer.converged(opt_state, hparams, tol), initial_loss)
