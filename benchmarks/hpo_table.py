@@ -30,7 +30,7 @@ Methods (all learn lr, momentum and weight decay of SGD with momentum):
   and tried coarse to fine, so a smaller budget has tried a coarser grid.
   The schedule they return is the per-step values they used (T intervals).
 * ``random``, ``tpe``, ``hyperband``: optuna black-box searches
-  (:mod:`hypergrad._src.blackbox`) over a constant (or, with
+  (:mod:`hypergrad.experiments.blackbox`) over a constant (or, with
   ``--blackbox_lr_intervals``, piecewise) schedule, lr in [1e-3, 1] log,
   momentum in [0, 0.99], wd in [1e-5, 1e-2] log; objective: the validation
   loss at the end of the T-step run (FDS's objective).
@@ -78,14 +78,14 @@ import jax.numpy as jnp
 import numpy as np
 import optuna
 
+from benchmarks import common
 import hypergrad
-from hypergrad._src import blackbox
-from hypergrad._src import online
-from hypergrad._src import outer
+from hypergrad._src import registry
 from hypergrad._src import schedule
 from hypergrad._src import search
-from hypergrad._src import tasks as tasks_lib
-from benchmarks import common
+from hypergrad.experiments import blackbox
+from hypergrad.experiments import fds as fds_lib
+from hypergrad.experiments import tasks as tasks_lib
 from launch.configs import base
 
 GREEDY = ('hd', 'rtho', 'truncated')
@@ -95,7 +95,7 @@ METHODS = ('default',) + OUTER + GREEDY + BLACKBOX
 # The bounds of the automatic greedy meta-step grid (total drift of lr over
 # the run, see greedy_method).
 GREEDY_SCALE_RANGE = (0.03, 10.0)
-KINDS = ('lr', 'momentum', 'weight_decay')
+KINDS = registry.SGD.names
 
 # Per-task settings of the comparison (the FDS settings come from the task's
 # launch config). WRN-16-1: reverse mode stores sqrt(T)-step checkpoints.
@@ -105,8 +105,6 @@ PRESETS = {
     'cifar10_wrn16_1': {'horizon': 10000, 'reverse_checkpoint_every': 100,
                         'eval_batch': 4},
 }
-# Outer-step seeds as in launch/train.py: distinct per HPO seed and step.
-_SEED_STRIDE = 1000
 # Fixed retraining seeds of the final evaluation (never used by a search).
 _EVAL_SEED_BASE = 10_000
 
@@ -203,7 +201,7 @@ def greedy_method(name: str, step_fn, loss_fn, horizon: int, scale: float):
   meta_lr = {k: scale * r / updates for k, r in
              (('lr', 1.0), ('momentum', 1.0), ('weight_decay', 3e-3))}
   return factory(step_fn, loss_fn, meta_lr=meta_lr, meta_update='sign',
-                 bounds=online.SGD_BOUNDS, **kw)
+                 bounds=hypergrad.SGD_BOUNDS, **kw)
 
 
 # ---------------------------------------------------------------------------
@@ -222,12 +220,11 @@ def measure_costs(task, horizon: int, config, methods, repeats: int,
                                        stop=horizon)
   calls = {}
   if 'fds' in methods or 'fds_zero' in methods:
-    calls['fds'] = lambda: hypergrad.forward_hypergrad(
+    calls['fds'] = lambda: hypergrad.forward()(
         step_fn, loss_fn, state, fds_h, horizon)
   if 'reverse' in methods:
-    calls['reverse'] = lambda: hypergrad.reverse_hypergrad(
-        step_fn, loss_fn, state, fds_h, horizon,
-        checkpoint_every=reverse_ckpt)
+    calls['reverse'] = lambda: hypergrad.reverse(reverse_ckpt)(
+        step_fn, loss_fn, state, fds_h, horizon)
   one = {k: schedule.constant(v, 1, task.dtype)
          for k, v in task.spec.default_hparams}
   for name in GREEDY:
@@ -250,36 +247,28 @@ def measure_costs(task, horizon: int, config, methods, repeats: int,
 # (inner-step equivalents spent, schedule it would return now).
 
 
-def run_outer(task, config, horizon, budget, cost, estimator, seed, init,
-              reverse_ckpt):
-  """FDS's outer loop with forward- or reverse-mode hypergradients."""
+def run_outer(task, config, horizon, budget, cost, estimator, seed, init):
+  """FDS's outer loop with any estimator value's hypergradients."""
   max_steps = int(math.floor(budget / cost + 1e-9))
   hparams0 = initial_fds_hparams(task, config, init)
-  step_sizes = {k: config.step_sizes[k] for k in KINDS}
   if max_steps < 1:
     return [(0.0, hparams0)], {'outer_steps': 0}
-
-  def fn(hparams, outer_step):
-    s = seed * _SEED_STRIDE + outer_step
-    split = task.split(s) if config.redraw_val else task.default_split()
-    state = task.init_state(s if config.fresh_init else seed)
-    step_fn, loss_fn = task.step_fn(split), task.loss_fn(split)
-    if estimator == 'forward':
-      return hypergrad.forward_hypergrad(step_fn, loss_fn, state, hparams,
-                                         horizon)
-    return hypergrad.reverse_hypergrad(step_fn, loss_fn, state, hparams,
-                                       horizon, checkpoint_every=reverse_ckpt)
-
-  opt = outer.sign_descent(step_sizes)
+  fn = fds_lib.make_hypergrad_fn(task, estimator, horizon, seed=seed,
+                                 redraw_val=config.redraw_val,
+                                 fresh_init=config.fresh_init)
+  opt = hypergrad.sign_descent({k: config.step_sizes[k] for k in KINDS})
   checkpoints = [(0.0, hparams0)]
   records = []
 
   def callback(state, record):
     records.append(record)
-    checkpoints.append((state.step * cost, state.hparams))
+    # What the search would return if stopped now: its best evaluated
+    # schedule, never values it has not evaluated.
+    checkpoints.append((state.step * cost, state.best_hparams))
 
   state, _ = search.run(fn, hparams0, opt=opt, max_outer_steps=max_steps,
-                        tol=config.tol, callback=callback)
+                        tol=config.tol, callback=callback,
+                        collapse_loss=0.99 * task.chance_loss)
   return checkpoints, {
       'outer_steps': state.step, 'converged': bool(state.converged),
       'rejected': sum(not r['accepted'] for r in records),
@@ -315,7 +304,7 @@ def run_greedy(task, name, horizon, budget, cost, seed, scales):
     if spent + cost > budget + 1e-9:
       break
     method = greedy_method(name, step_fn, loss_fn, horizon, scale)
-    state = task.init_state(seed * _SEED_STRIDE)
+    state = task.init_state(fds_lib.outer_seed(seed, 0))
     final, used = hypergrad.run_online(method, state, one, horizon)
     val = float(loss_fn(final))
     val = val if math.isfinite(val) else math.inf
@@ -331,7 +320,7 @@ def run_blackbox(task, name, horizon, budget, seed, lr_intervals, reports):
   split = task.default_split()
   result = blackbox.blackbox_search(
       task.step_fn(split), task.loss_fn(split),
-      task.init_state(seed * _SEED_STRIDE), horizon, int(budget),
+      task.init_state(fds_lib.outer_seed(seed, 0)), horizon, int(budget),
       method=name, seed=seed, intervals={'lr': lr_intervals},
       hyperband_reports=reports, dtype=task.dtype)
   # Trials are sequential: at a smaller budget the search would have
@@ -457,8 +446,9 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
         zero = m == 'fds_zero'
         checkpoints, info = run_outer(
             task, paper_config(config) if zero else config, horizon, budget,
-            cost[m], 'reverse' if m == 'reverse' else 'forward', seed,
-            'config' if zero else fds_init, reverse_ckpt)
+            cost[m], (hypergrad.reverse(reverse_ckpt) if m == 'reverse'
+                      else hypergrad.forward()), seed,
+            'config' if zero else fds_init)
       elif m in GREEDY:
         checkpoints, info = run_greedy(task, m, horizon, budget, cost[m],
                                        seed, greedy_scales)

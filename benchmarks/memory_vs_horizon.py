@@ -48,12 +48,13 @@ METHODS = ('forward', 'reverse', 'reverse, sqrt ckpt')
 
 
 def _estimator(method, step_fn, loss_fn, steps):
-  if method == 'forward':
-    return lambda s, h: hypergrad.forward_hypergrad(step_fn, loss_fn, s, h,
-                                                    steps)
-  c = round(math.sqrt(steps)) if method == 'reverse, sqrt ckpt' else None
-  return lambda s, h: hypergrad.reverse_hypergrad(
-      step_fn, loss_fn, s, h, steps, checkpoint_every=c)
+  """The estimator value each row measures, as ``fn(state, hparams)``."""
+  estimator = {
+      'forward': hypergrad.forward(),
+      'reverse': hypergrad.reverse(),
+      'reverse, sqrt ckpt': hypergrad.reverse(round(math.sqrt(steps))),
+  }[method]
+  return lambda s, h: estimator(step_fn, loss_fn, s, h, steps)
 
 
 def _bytes(compiled) -> int:

@@ -38,10 +38,10 @@ import jax
 import numpy as np
 
 import hypergrad
-from hypergrad._src import data as data_lib
-from hypergrad._src import models as models_lib
+from hypergrad.experiments import data as data_lib
+from hypergrad.experiments import models as models_lib
 from hypergrad._src import schedule
-from hypergrad._src import tasks as tasks_lib
+from hypergrad.experiments import tasks as tasks_lib
 from benchmarks import common
 
 TASK_NAMES = ('mnist1d_mlp', 'digits_mlp', 'mnist1d_lenet',

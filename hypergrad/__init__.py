@@ -3,13 +3,17 @@
 Hypergradients of a validation loss with respect to hyperparameter schedules
 (shared over contiguous intervals of the run), differentiated through whole
 training runs of thousands of pure inner steps.
+
+The core imports jax, optax, chex and numpy only. The experiment kit
+(datasets, flax models, tasks, black-box baselines, checkpoints, plots) is
+:mod:`hypergrad.experiments`, an optional extra that the core never imports.
 """
 
-from hypergrad._src.blackbox import BlackBoxResult
-from hypergrad._src.blackbox import blackbox_search
-from hypergrad._src.checkpoint import CheckpointError
-from hypergrad._src.checkpoint import OuterCheckpointer
+from hypergrad._src.estimator import Estimator
+from hypergrad._src.estimator import HypergradResult
 from hypergrad._src.finite_difference import finite_difference
+from hypergrad._src.forward import Forward
+from hypergrad._src.forward import forward
 from hypergrad._src.forward import forward_hypergrad
 from hypergrad._src.hd import HDState
 from hypergrad._src.hd import hypergradient_descent
@@ -23,28 +27,34 @@ from hypergrad._src.inner import sgd_momentum_step
 from hypergrad._src.online import SGD_BOUNDS
 from hypergrad._src.online import OnlineMethod
 from hypergrad._src.online import run_online
-from hypergrad._src.outer import SignDescent
+from hypergrad._src.outer import ProjectState
 from hypergrad._src.outer import SignDescentState
-from hypergrad._src.outer import converged
+from hypergrad._src.outer import chain
+from hypergrad._src.outer import meta_optimizer
+from hypergrad._src.outer import project
+from hypergrad._src.outer import scale_by_kind
+from hypergrad._src.outer import scale_by_sign_descent
+from hypergrad._src.outer import settled
 from hypergrad._src.outer import sign_descent
+from hypergrad._src.registry import HParamSpec
+from hypergrad._src.registry import InnerOptimizerSpec
+from hypergrad._src.registry import OPTIMIZERS
+from hypergrad._src.reverse import Reverse
+from hypergrad._src.reverse import reverse
 from hypergrad._src.reverse import reverse_hypergrad
 from hypergrad._src.rtho import RTHOState
 from hypergrad._src.rtho import rtho
 from hypergrad._src.schedule import constant
-from hypergrad._src.search import DivergenceError
-from hypergrad._src.search import OuterState
-from hypergrad._src.search import init as outer_init
-from hypergrad._src.search import run as fds_search
-from hypergrad._src.search import step as outer_step
-from hypergrad._src.tasks import TASKS
-from hypergrad._src.tasks import Task
-from hypergrad._src.tasks import TaskState
-from hypergrad._src.tasks import make_task
 from hypergrad._src.schedule import expand
 from hypergrad._src.schedule import hparams_at
 from hypergrad._src.schedule import interval_index
 from hypergrad._src.schedule import interval_starts
 from hypergrad._src.schedule import resample
+from hypergrad._src.search import DivergenceError
+from hypergrad._src.search import OuterState
+from hypergrad._src.search import init as outer_init
+from hypergrad._src.search import run as fds_search
+from hypergrad._src.search import step as outer_step
 from hypergrad._src.transforms import inverse_softplus
 from hypergrad._src.transforms import logit
 from hypergrad._src.transforms import reparametrize
@@ -55,40 +65,37 @@ from hypergrad._src.truncated import truncated_greedy
 from hypergrad._src.unroll import Progress
 from hypergrad._src.unroll import UnrollInfo
 from hypergrad._src.unroll import unroll
-
-__version__ = '0.1.0'
+from hypergrad._src.version import __version__
 
 __all__ = (
-    'BlackBoxResult',
-    'blackbox_search',
-    'finite_difference',
-    'CheckpointError',
     'DivergenceError',
-    'OuterCheckpointer',
-    'OuterState',
-    'SignDescent',
-    'SignDescentState',
-    'TASKS',
-    'Task',
-    'TaskState',
-    'converged',
-    'fds_search',
-    'make_task',
-    'outer_init',
-    'outer_step',
-    'sign_descent',
+    'Estimator',
+    'Forward',
     'HDState',
+    'HParamSpec',
+    'HypergradResult',
+    'InnerOptimizerSpec',
+    'OPTIMIZERS',
     'OnlineMethod',
     'OptaxState',
+    'OuterState',
     'Progress',
+    'ProjectState',
     'RTHOState',
+    'Reverse',
     'SGDState',
     'SGD_BOUNDS',
     'SGD_HPARAMS',
+    'SignDescentState',
     'TruncatedState',
     'UnrollInfo',
+    '__version__',
+    'chain',
     'constant',
     'expand',
+    'fds_search',
+    'finite_difference',
+    'forward',
     'forward_hypergrad',
     'hparams_at',
     'hypergradient_descent',
@@ -96,16 +103,25 @@ __all__ = (
     'interval_starts',
     'inverse_softplus',
     'logit',
+    'meta_optimizer',
     'optax_init',
     'optax_step',
+    'outer_init',
+    'outer_step',
+    'project',
     'reparametrize',
     'resample',
+    'reverse',
     'reverse_hypergrad',
     'rtho',
     'run_online',
+    'scale_by_kind',
+    'scale_by_sign_descent',
+    'settled',
     'sgd_init',
     'sgd_momentum_step',
     'sigmoid',
+    'sign_descent',
     'softplus',
     'truncated_greedy',
     'unroll',

@@ -15,7 +15,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 import hypergrad  # pylint: disable=g-import-not-at-top
-from hypergrad._src import tasks  # pylint: disable=g-import-not-at-top
+from hypergrad.experiments import tasks  # pylint: disable=g-import-not-at-top
 
 
 def hypergrads(mesh):

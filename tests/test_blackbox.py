@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hypergrad._src import blackbox
-from hypergrad._src import tasks
+from hypergrad.experiments import blackbox
+from hypergrad.experiments import tasks
 
 T = 40  # inner steps per trial: tiny, the searches are what is tested
 

@@ -5,7 +5,7 @@ subprocess and compare the resumed run's ``summary.json`` with an
 uninterrupted run's, field by field. The subprocesses share a persistent JAX
 compilation cache (a temporary folder) so that each one compiles little.
 
-Corruption tests work on :class:`hypergrad.OuterCheckpointer` directly (fast)
+Corruption tests work on :class:`ckpt_lib.OuterCheckpointer` directly (fast)
 and once through ``launch.fds --resume``.
 """
 
@@ -26,15 +26,17 @@ import numpy as np
 import pytest
 
 import hypergrad
-from hypergrad._src import checkpoint as ckpt_lib
-from hypergrad._src import outer
+from hypergrad.experiments import checkpoint as ckpt_lib
 from hypergrad._src import search
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 TMP_SUFFIX = '.orbax-checkpoint-tmp'
 # Four outer steps of a tiny FDS run; a checkpoint after each one.
-FDS_FLAGS = ['--task', 'digits_mlp', '--horizon', '40', '--outer_steps', '4',
-             '--intervals', 'lr=2']
+FDS_FLAGS = ['--config', os.path.join(ROOT, 'launch', 'configs',
+                                      'digits_mlp.py'),
+             '--config.horizon=40', '--config.outer_steps=4',
+             '--config.intervals.lr=2']
 # Fields of summary.json that a resumed run must reproduce exactly.
 SAME = ('learned_schedule', 'test_accuracy', 'test_loss', 'outer_steps',
         'converged', 'rejected_outer_steps', 'inner_steps',
@@ -191,7 +193,7 @@ def test_sigkill_during_checkpoint_write_resumes_from_previous(
   assert _steps(workdir) == [1]
   assert os.path.isdir(ckpts / f'2{TMP_SUFFIX}')
   assert not os.path.exists(ckpts / '2')
-  restored = hypergrad.OuterCheckpointer(str(ckpts)).restore_latest(
+  restored = ckpt_lib.OuterCheckpointer(str(ckpts)).restore_latest(
       _template())
   assert restored[0].step == 1 and len(restored[1]) == 1
 
@@ -232,7 +234,7 @@ def _template():
   hparams = {'lr': hypergrad.constant(0.0, 2, jnp.float32),
              'momentum': hypergrad.constant(0.0, 1, jnp.float32),
              'weight_decay': hypergrad.constant(0.0, 1, jnp.float32)}
-  return search.init(hparams, outer.sign_descent(
+  return search.init(hparams, hypergrad.sign_descent(
       {'lr': 0.1, 'momentum': 0.1, 'weight_decay': 3e-4}))
 
 
@@ -259,7 +261,7 @@ def _tree_equal(a, b):
 def saved(tmp_path_factory):
   """Checkpoints 2 and 3 (1 was rotated out), written by OuterCheckpointer."""
   directory = str(tmp_path_factory.mktemp('saved') / 'checkpoints')
-  ckpt = hypergrad.OuterCheckpointer(directory)
+  ckpt = ckpt_lib.OuterCheckpointer(directory)
   for step in (1, 2, 3):
     ckpt.save(_state(step), _records(step))
   ckpt.close()
@@ -275,7 +277,7 @@ def copy(saved, tmp_path):
 
 
 def test_round_trip(copy):
-  state, records = hypergrad.OuterCheckpointer(str(copy)).restore_latest(
+  state, records = ckpt_lib.OuterCheckpointer(str(copy)).restore_latest(
       _template())
   assert _tree_equal(state, _state(3))
   assert (json.dumps(records, sort_keys=True)  # NaN included
@@ -353,8 +355,8 @@ CORRUPTIONS = {
 def test_corrupted_latest_checkpoint_refused(copy, corruption):
   latest = copy / '3'
   CORRUPTIONS[corruption](str(latest))
-  ckpt = hypergrad.OuterCheckpointer(str(copy))
-  with pytest.raises(hypergrad.CheckpointError) as info:
+  ckpt = ckpt_lib.OuterCheckpointer(str(copy))
+  with pytest.raises(ckpt_lib.CheckpointError) as info:
     ckpt.restore_latest(_template())
   message = str(info.value)
   assert str(latest) in message  # names the folder
@@ -363,7 +365,7 @@ def test_corrupted_latest_checkpoint_refused(copy, corruption):
   assert len(message) < 1000  # not a wall of tensorstore specs
   # Following the advice resumes from the previous, intact checkpoint.
   shutil.rmtree(latest)
-  state, records = hypergrad.OuterCheckpointer(str(copy)).restore_latest(
+  state, records = ckpt_lib.OuterCheckpointer(str(copy)).restore_latest(
       _template())
   assert state.step == 2 and _tree_equal(state, _state(2))
   assert len(records) == 2
@@ -371,13 +373,13 @@ def test_corrupted_latest_checkpoint_refused(copy, corruption):
 
 def test_restore_of_another_structure_refused(copy):
   other = search.init({'lr': hypergrad.constant(0.0, 5, jnp.float32)},
-                      outer.sign_descent({'lr': 0.1}))
-  with pytest.raises(hypergrad.CheckpointError, match='cannot be restored'):
-    hypergrad.OuterCheckpointer(str(copy)).restore_latest(other)
+                      hypergrad.sign_descent({'lr': 0.1}))
+  with pytest.raises(ckpt_lib.CheckpointError, match='cannot be restored'):
+    ckpt_lib.OuterCheckpointer(str(copy)).restore_latest(other)
 
 
 def test_no_checkpoint_restores_none(tmp_path):
-  ckpt = hypergrad.OuterCheckpointer(str(tmp_path / 'checkpoints'))
+  ckpt = ckpt_lib.OuterCheckpointer(str(tmp_path / 'checkpoints'))
   assert ckpt.restore_latest(_template()) is None
 
 
@@ -387,7 +389,7 @@ def test_nothing_is_unpickled(copy, monkeypatch):
   monkeypatch.setattr(pickle, 'load', refuse)
   monkeypatch.setattr(pickle, 'loads', refuse)
   monkeypatch.setattr(pickle, 'Unpickler', refuse)
-  state, records = hypergrad.OuterCheckpointer(str(copy)).restore_latest(
+  state, records = ckpt_lib.OuterCheckpointer(str(copy)).restore_latest(
       _template())
   assert _tree_equal(state, _state(3)) and len(records) == 3
 

@@ -1,10 +1,9 @@
-"""Tests for hypergrad._src.data (offline; prepares its own tfds/IDX data)."""
+"""Tests for hypergrad.experiments.data (offline; prepares its own tfds/IDX data)."""
 
 import gzip
 import io
 import json
 import os
-import pathlib
 import sys
 import time
 import types
@@ -16,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hypergrad._src import data
+from hypergrad.experiments import data
+from hypergrad.experiments.data import dataset as data_dataset
 
 _N_TRAIN, _N_TEST = 60, 20
 
@@ -150,7 +150,7 @@ class TfdsTest(_TestCase):
       self.assertEqual(x.dtype, np.float32)
     for y in (ds.y_train, ds.y_val, ds.y_test):
       self.assertEqual(y.dtype, np.int32)
-    mean, std = data._IMAGE_STATS[canonical]  # pylint: disable=protected-access
+    mean, std = data_dataset._IMAGE_STATS[canonical]  # pylint: disable=protected-access
     normalise = lambda raw: (raw / 255.0 - np.asarray(mean)) / np.asarray(std)
     # tfds shuffles examples when writing, so compare as multisets.
     raw_x, raw_y = self.written[canonical]['train']
@@ -237,7 +237,7 @@ class IdxTest(_TestCase):
     chex.assert_shape(ds.x_train, (24, 28, 28, 1))
     chex.assert_shape(ds.x_val, (6, 28, 28, 1))
     chex.assert_shape(ds.x_test, (10, 28, 28, 1))
-    mean, std = data._IMAGE_STATS[name]  # pylint: disable=protected-access
+    mean, std = data_dataset._IMAGE_STATS[name]  # pylint: disable=protected-access
     x_pool, y_pool = _pool(ds)
     np.testing.assert_allclose(
         x_pool[..., 0],

@@ -285,24 +285,36 @@ class BadInputTest(parameterized.TestCase):
 
 class NonFiniteTest(parameterized.TestCase):
 
-  @parameterized.parameters('forward', 'reverse')
+  @parameterized.parameters(float('nan'), float('inf'), -float('inf'))
+  def test_nonfinite_hyperparameters_refused_before_compute(self, bad):
+    calls = []
+    step_fn = lambda w, h, t: calls.append(t) or w - h['lr'] * w
+    hparams = {'lr': jnp.array([0.1, bad])}
+    for estimator in (hypergrad.forward(), hypergrad.reverse()):
+      with pytest.raises(ValueError, match=r"leaf \['lr'\].*non-finite"):
+        estimator(step_fn, jnp.sum, jnp.ones(2), hparams, 10)
+    for factory in (hypergrad.hypergradient_descent, hypergrad.rtho):
+      with pytest.raises(ValueError, match=r"leaf \['lr'\].*non-finite"):
+        hypergrad.run_online(factory(step_fn, jnp.sum), jnp.ones(2),
+                             {'lr': jnp.array([bad])}, 10)
+    self.assertEqual(calls, [])  # nothing traced, nothing computed
+
+  @parameterized.parameters(hypergrad.forward(), hypergrad.reverse(),
+                            hypergrad.reverse(checkpoint_every=5))
   def test_first_nonfinite_step_reported(self, estimator):
     def step_fn(w, h, t):
       w = w - h['lr'] * w
       return jnp.where(t >= 7, w * jnp.nan, w)  # state goes NaN at step 7
 
-    fn = (hypergrad.forward_hypergrad if estimator == 'forward'
-          else hypergrad.reverse_hypergrad)
-    loss, _, info = fn(step_fn, lambda w: jnp.sum(w ** 2), jnp.ones(3),
-                       {'lr': jnp.array([0.1, 0.2])}, 12, return_info=True)
+    loss, _, info = estimator(step_fn, lambda w: jnp.sum(w ** 2), jnp.ones(3),
+                              {'lr': jnp.array([0.1, 0.2])}, 12)
     self.assertFalse(np.isfinite(float(loss)))
     self.assertEqual(int(info.nonfinite_step), 7)
 
   def test_finite_run_reports_minus_one_and_final_state(self):
     step_fn, loss_fn, state = helpers.sgd_problem()
     hparams = {'lr': jnp.array([0.05, 0.1])}
-    loss, _, info = hypergrad.forward_hypergrad(step_fn, loss_fn, state,
-                                                hparams, 10, return_info=True)
+    loss, _, info = hypergrad.forward()(step_fn, loss_fn, state, hparams, 10)
     self.assertEqual(int(info.nonfinite_step), -1)
     chex.assert_trees_all_close(
         info.final_state, hypergrad.unroll(step_fn, state, hparams, 10))
@@ -316,7 +328,7 @@ class NonFiniteTest(parameterized.TestCase):
       w = jnp.where(t == 4, 0.0, w)
       return w + h['lr'] * jnp.sqrt(w)
 
-    _, _, info = hypergrad.forward_hypergrad(
+    _, _, info = hypergrad.forward()(
         step_fn, lambda w: jnp.sum(w), jnp.ones(2), {'lr': jnp.array([0.1])},
-        8, return_info=True)
+        8)
     self.assertEqual(int(info.nonfinite_step), 4)

@@ -124,13 +124,12 @@ class RTHOTest(parameterized.TestCase):
 class TruncatedGreedyTest(parameterized.TestCase):
 
   @parameterized.named_parameters(
-      ('forward', 'forward', None), ('reverse', 'reverse', None),
-      ('reverse_checkpointed', 'reverse', 3))
-  def test_whole_horizon_window_is_one_non_greedy_step(self, estimator, c):
+      ('forward', hypergrad.forward()), ('reverse', hypergrad.reverse()),
+      ('reverse_checkpointed', hypergrad.reverse(3)))
+  def test_whole_horizon_window_is_one_non_greedy_step(self, estimator):
     eta, num_steps = 0.1, 8
     method = hypergrad.truncated_greedy(
-        _STEP, _LOSS, window=num_steps, meta_lr=eta, estimator=estimator,
-        checkpoint_every=c)
+        _STEP, _LOSS, window=num_steps, meta_lr=eta, estimator=estimator)
     final, sched = hypergrad.run_online(method, _STATE, _H0, num_steps)
     _, g = hypergrad.forward_hypergrad(_STEP, _LOSS, _STATE, _H0, num_steps)
     stepped = jax.tree.map(lambda h, g_: h - eta * g_, _H0, g)
@@ -176,7 +175,8 @@ class InterfaceTest(parameterized.TestCase):
       ('rtho', lambda: hypergrad.rtho(_STEP, _LOSS, every=2, meta_lr=0.1),
        hypergrad.RTHOState, True),
       ('truncated', lambda: hypergrad.truncated_greedy(
-          _STEP, _LOSS, window=3, meta_lr=0.1, estimator='reverse'),
+          _STEP, _LOSS, window=3, meta_lr=0.1,
+          estimator=hypergrad.reverse()),
        hypergrad.TruncatedState, False),
   )
   def test_schedule_replays_the_run(self, make, state_type, starts_at_h0):
@@ -278,8 +278,8 @@ class InterfaceTest(parameterized.TestCase):
       for method in (hypergrad.rtho(step_fn, _LOSS, every=2, meta_lr=1e-3),
                      hypergrad.truncated_greedy(step_fn, _LOSS, window=3,
                                                 meta_lr=1e-3,
-                                                estimator='reverse',
-                                                checkpoint_every=2)):
+                                                estimator=hypergrad.reverse(2)
+                                                )):
         final, sched = hypergrad.run_online(method, state, h0, 6)
         chex.assert_tree_all_finite((final.params, sched))
         assert float(jnp.ptp(sched['learning_rate'])) > 0
@@ -292,23 +292,36 @@ class MetaStepTest(parameterized.TestCase):
     h = {'lr': jnp.array(0.1), 'momentum': jnp.array([0.9, 0.5])}
     g = {'lr': jnp.array(-4.0), 'momentum': jnp.array([-3.0, 4.0])}
     rates = {'lr': 0.01, 'momentum': 0.1}
-    sgd = online.meta_step(online.meta_config(rates, 'sgd', None), h, g)
+
+    def step(rate, rule, bounds, grads=g):
+      opt = hypergrad.meta_optimizer(rate, rule, bounds)
+      return online.meta_apply(opt, opt.init(h), h, grads)[0]
+
     chex.assert_trees_all_close(
-        sgd, {'lr': 0.14, 'momentum': jnp.array([1.2, 0.1])})
-    sign = online.meta_step(online.meta_config(rates, 'sign', None), h, g)
+        step(rates, 'sgd', None), {'lr': 0.14, 'momentum': jnp.array([1.2,
+                                                                       0.1])})
     chex.assert_trees_all_close(
-        sign, {'lr': 0.11, 'momentum': jnp.array([1.0, 0.4])})
-    norm = online.meta_step(online.meta_config(0.5, 'normalized', None), h, g)
+        step(rates, 'sign', None), {'lr': 0.11, 'momentum': jnp.array([1.0,
+                                                                        0.4])})
     chex.assert_trees_all_close(
-        norm, {'lr': 0.6, 'momentum': jnp.array([1.2, 0.1])})
-    clipped = online.meta_step(
-        online.meta_config(rates, 'sgd', hypergrad.SGD_BOUNDS), h, g)
+        step(0.5, 'normalized', None), {'lr': 0.6,
+                                        'momentum': jnp.array([1.2, 0.1])})
+    clipped = step(rates, 'sgd', hypergrad.SGD_BOUNDS)
     chex.assert_trees_all_close(
         clipped, {'lr': 0.14, 'momentum': jnp.array([0.999, 0.1])})
-    zero = online.meta_step(online.meta_config(rates, 'normalized', (0., 1.)),
-                            h, jax.tree.map(jnp.zeros_like, g))
+    zero = step(rates, 'normalized', (0., 1.),
+                jax.tree.map(jnp.zeros_like, g))
     chex.assert_trees_all_equal(zero, h)
     chex.assert_trees_all_equal_dtypes(clipped, h)
+
+  def test_any_optax_meta_optimizer(self):
+    # A user's own meta optimiser: Adam on HD's one-step hypergradient.
+    with jax.numpy_dtype_promotion('standard'):
+      method = hypergrad.hypergradient_descent(
+          _STEP, _LOSS, meta_opt=optax.adam(1e-2))
+      _, sched = hypergrad.run_online(method, _STATE, _H0, 6)
+    chex.assert_tree_all_finite(sched)
+    self.assertGreater(float(jnp.ptp(sched['lr'])), 0.0)
 
 
 class BadInputTest(parameterized.TestCase):
@@ -344,13 +357,6 @@ class BadInputTest(parameterized.TestCase):
       (hypergrad.rtho, {'every': -2}, 'every=-2'),
       (hypergrad.truncated_greedy, {'window': 2, 'meta_steps': 0},
        'meta_steps=0'),
-      (hypergrad.truncated_greedy, {'window': 2, 'estimator': 'backward'},
-       "estimator='backward'"),
-      (hypergrad.truncated_greedy, {'window': 2, 'estimator': 'reverse',
-                                    'checkpoint_every': 0},
-       'checkpoint_every=0'),
-      (hypergrad.truncated_greedy, {'window': 2, 'checkpoint_every': 4},
-       'checkpoint_every=4'),
       (hypergrad.hypergradient_descent, {'meta_update': 'adam'},
        "meta_update='adam'"),
       (hypergrad.rtho, {'bounds': {'lr': (1.0, 0.0)}}, r"bounds\['lr'\]"),
@@ -358,6 +364,11 @@ class BadInputTest(parameterized.TestCase):
   def test_bad_arguments_at_construction(self, factory, kw, message):
     with pytest.raises(ValueError, match=message):
       factory(_no_trace, _no_trace, **kw)
+
+  def test_estimator_must_be_a_value_not_a_string(self):
+    with pytest.raises(TypeError, match="estimator value.*'reverse'"):
+      hypergrad.truncated_greedy(_no_trace, _no_trace, window=2,
+                                 estimator='reverse')
 
   def test_more_than_one_interval(self):
     method = hypergrad.rtho(_no_trace, _no_trace)

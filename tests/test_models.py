@@ -1,4 +1,4 @@
-"""Tests for hypergrad._src.models (flax.linen MLP, LeNet, WRN)."""
+"""Tests for hypergrad.experiments.models (flax.linen MLP, LeNet, WRN)."""
 
 import functools
 
@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hypergrad._src import data
-from hypergrad._src import models
+from hypergrad.experiments import data
+from hypergrad.experiments import models
 
 
 def _normal(shape, dtype=jnp.float32):

@@ -5,17 +5,26 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import hypergrad
-from hypergrad._src import outer
 from hypergrad._src import search
+
+
+def _apply(opt, grads, state, h):
+  updates, state = opt.update(grads, state, h)
+  return optax.apply_updates(h, updates), state, updates
+
+
+def _sign_state(state):
+  return state[0]
 
 
 class SignDescentTest(parameterized.TestCase):
 
   def test_hand_made_sequence(self):
-    opt = outer.sign_descent({'lr': 0.1, 'momentum': 0.2})
+    opt = hypergrad.sign_descent({'lr': 0.1, 'momentum': 0.2})
     h = {'lr': jnp.array([0.5, 0.5]), 'momentum': jnp.array([0.5])}
     state = opt.init(h)
     seq = [  # (lr hypergrads, momentum hypergrad)
@@ -29,56 +38,95 @@ class SignDescentTest(parameterized.TestCase):
     expected_mom = [0.3, 0.4, 0.35, 0.3]
     expected_mom_steps = [0.2, 0.1, 0.05, 0.05]
     for i, (g_lr, g_mom) in enumerate(seq):
-      h, state = opt.update({'lr': jnp.array(g_lr),
-                             'momentum': jnp.array(g_mom)}, state, h)
+      h, state, _ = _apply(opt, {'lr': jnp.array(g_lr),
+                                 'momentum': jnp.array(g_mom)}, state, h)
+      sign = _sign_state(state)
       np.testing.assert_allclose(h['lr'], expected_lr[i], atol=1e-12)
-      np.testing.assert_allclose(state.step_sizes['lr'], expected_lr_steps[i])
+      np.testing.assert_allclose(sign.step_sizes['lr'], expected_lr_steps[i])
       np.testing.assert_allclose(h['momentum'], [expected_mom[i]], atol=1e-12)
-      np.testing.assert_allclose(state.step_sizes['momentum'],
+      np.testing.assert_allclose(sign.step_sizes['momentum'],
                                  [expected_mom_steps[i]])
-    self.assertEqual(int(state.count), 4)
+    self.assertEqual(int(_sign_state(state).count), 4)
+
+  def test_jitted_update_equals_eager(self):
+    opt = hypergrad.sign_descent({'lr': 0.1, 'momentum': 0.2})
+    h = {'lr': jnp.array([0.5, 0.5]), 'momentum': jnp.array([0.5])}
+    g = {'lr': jnp.array([-1.0, 2.0]), 'momentum': jnp.array([3.0])}
+    state = opt.init(h)
+    eager = opt.update(g, state, h)
+    jitted = jax.jit(opt.update)(g, state, h)
+    chex.assert_trees_all_close(eager, jitted)
 
   def test_clipping_keeps_valid_range(self):
-    opt = outer.sign_descent()
+    opt = hypergrad.sign_descent()
     h = {'lr': jnp.array([0.05]), 'momentum': jnp.array([0.95]),
          'weight_decay': jnp.array([1e-4])}
-    h, _ = opt.update({'lr': jnp.array([1.0]), 'momentum': jnp.array([-1.0]),
-                       'weight_decay': jnp.array([1.0])}, opt.init(h), h)
+    h, _, _ = _apply(opt, {'lr': jnp.array([1.0]),
+                           'momentum': jnp.array([-1.0]),
+                           'weight_decay': jnp.array([1.0])}, opt.init(h), h)
     chex.assert_trees_all_close(h, {'lr': jnp.array([0.0]),
                                     'momentum': jnp.array([0.999]),
                                     'weight_decay': jnp.array([0.0])})
 
-  def test_converged(self):
-    opt = outer.sign_descent({'lr': 0.1})
+  def test_composes_with_optax_chain(self):
+    # An extra optax transformation after sign descent: half-size steps.
+    opt = optax.chain(hypergrad.scale_by_sign_descent({'lr': 0.1}),
+                      optax.scale(0.5), hypergrad.project({'lr': (0.0, 1.0)}))
+    h = {'lr': jnp.array([0.5])}
+    h, _, _ = _apply(opt, {'lr': jnp.array([-3.0])}, opt.init(h), h)
+    np.testing.assert_allclose(h['lr'], [0.55])
+
+  def test_settled(self):
     h = {'lr': jnp.array([1.0, 3.0])}
+    opt = hypergrad.sign_descent({'lr': 0.1})
     state = opt.init(h)
-    self.assertFalse(outer.converged(state, h))
-    state = state._replace(step_sizes={'lr': jnp.array([0.04, 0.1])},
-                           count=jnp.int32(1),
-                           prev_sign={'lr': jnp.array([1.0, -1.0])})
-    self.assertTrue(outer.converged(state, h))
-    state = state._replace(step_sizes={'lr': jnp.array([0.06, 0.1])})
-    self.assertFalse(outer.converged(state, h))
+    self.assertTrue(hypergrad.settled({'lr': jnp.array([0.04, -0.1])}, h,
+                                      state))
+    self.assertFalse(hypergrad.settled({'lr': jnp.array([0.06, -0.1])}, h,
+                                       state))
+    # No move with a non-zero hypergradient (Rprop's first step): not
+    # settled; a zero hypergradient: settled.
+    self.assertFalse(hypergrad.settled({'lr': jnp.array([0.0, 0.0])}, h,
+                                       state))
+    self.assertTrue(hypergrad.settled({'lr': jnp.array([0.0, 0.0])}, h,
+                                      state, hypergrads={'lr': jnp.zeros(2)}))
 
   def test_value_pinned_at_bound_counts_as_settled(self):
-    opt = outer.sign_descent({'lr': 0.01, 'weight_decay': 1e-3})
-    h = {'lr': jnp.array([1.0]), 'weight_decay': jnp.array([0.0])}
+    opt = hypergrad.sign_descent({'lr': 0.01, 'weight_decay': 1e-3})
+    h = {'lr': jnp.array([1.0]), 'weight_decay': jnp.array([5e-4])}
     state = opt.init(h)
-    for _ in range(6):  # lr oscillates and its step shrinks; wd pushes below 0
-      h, state = opt.update({'lr': jnp.array([1.0 if int(state.count) % 2
-                                              else -1.0]),
-                             'weight_decay': jnp.array([1.0])}, state, h)
-    self.assertTrue(bool(state.pinned['weight_decay'][0]))
+    # wd pushes below 0: clipped there, pinned, the step counts as settled.
+    g = {'lr': jnp.array([1.0]), 'weight_decay': jnp.array([1.0])}
+    h, state, updates = _apply(opt, g, state, h)
+    self.assertTrue(bool(state[1].pinned['weight_decay'][0]))
     self.assertEqual(float(h['weight_decay'][0]), 0.0)
-    self.assertTrue(outer.converged(state, h))
+    self.assertTrue(hypergrad.settled(updates, h, state))
 
   def test_bad_arguments(self):
     with pytest.raises(ValueError, match='decay=1.5'):
-      outer.sign_descent(decay=1.5)
-    with pytest.raises(ValueError, match="'lr' must be > 0, got -0.1"):
-      outer.sign_descent({'lr': -0.1})
-    with pytest.raises(ValueError, match=r"\['gamma'\]"):
-      outer.sign_descent().init({'gamma': jnp.ones(1)})
+      hypergrad.sign_descent(decay=1.5)
+    with pytest.raises(ValueError, match=r"step_sizes\['lr'\]=-0.1"):
+      hypergrad.sign_descent({'lr': -0.1})
+    with pytest.raises(ValueError, match=r"missing \['gamma'\]"):
+      hypergrad.sign_descent().init({'gamma': jnp.ones(1)})
+    with pytest.raises(ValueError, match=r"bounds\['lr'\]"):
+      hypergrad.project({'lr': (1.0, 0.0)})
+
+  def test_step_sizes_are_traced_not_compiled_in(self):
+    traces = []
+
+    @jax.jit
+    def one_update(opt, h, g):
+      traces.append(1)
+      updates, _ = opt.update(g, opt.init(h), h)
+      return updates
+
+    h = {'lr': jnp.array([0.5])}
+    g = {'lr': jnp.array([-1.0])}
+    u1 = one_update(hypergrad.sign_descent({'lr': 0.1}), h, g)
+    u2 = one_update(hypergrad.sign_descent({'lr': 0.2}), h, g)
+    self.assertLen(traces, 1)
+    np.testing.assert_allclose([u1['lr'][0], u2['lr'][0]], [0.1, 0.2])
 
 
 def _quadratic(curvature=5.0, num_steps=10):
@@ -100,11 +148,29 @@ class SearchTest(parameterized.TestCase):
     self.assertTrue(state.converged)
     self.assertLess(len(records), 30)
     np.testing.assert_allclose(state.hparams['lr'], [0.2], atol=0.01)
+    # The result is an evaluated schedule, with its validation loss.
+    evaluated = [float(r['hparams']['lr'][0]) for r in records]
+    self.assertIn(float(state.best_hparams['lr'][0]), evaluated)
+    self.assertEqual(state.best_loss, min(r['val_loss'] for r in records))
+
+  @parameterized.named_parameters(
+      ('adam', lambda: optax.adam(0.03)),
+      ('rprop', lambda: optax.rprop(0.02)),
+      ('sign_descent', lambda: hypergrad.sign_descent({'lr': 0.05})))
+  def test_any_optax_outer_optimizer(self, make_opt):
+    # optax's adam and rprop mix int32 counts with floats internally.
+    with jax.numpy_dtype_promotion('standard'):
+      state, records = search.run(_quadratic(5.0), {'lr': jnp.array([0.03])},
+                                  opt=make_opt(), max_outer_steps=40,
+                                  tol=1e-3)
+    # Every one of them finds the best constant learning rate 1/a = 0.2.
+    self.assertLess(records[-1]['val_loss'], records[0]['val_loss'])
+    np.testing.assert_allclose(state.best_hparams['lr'], [0.2], atol=0.03)
 
   def test_divergence_is_backed_off_not_accepted(self):
     # lr above 2/a diverges; the loop must refuse the step and come back.
     fn = _quadratic(5.0, num_steps=1500)
-    opt = outer.sign_descent({'lr': 0.5})
+    opt = hypergrad.sign_descent({'lr': 0.5})
     state = search.init({'lr': jnp.array([0.02])}, opt)
     # The hypergradient says increase lr towards 0.2; a step of 0.5 overshoots
     # to 0.52, where |1 - 0.52 a| = 1.6 and 1.6^1500 overflows.
@@ -115,14 +181,17 @@ class SearchTest(parameterized.TestCase):
     self.assertFalse(rec['accepted'])
     self.assertFalse(np.isfinite(rec['val_loss']))
     np.testing.assert_allclose(state.hparams['lr'], [0.27])
-    np.testing.assert_allclose(state.opt.step_sizes['lr'], [0.25])
+    np.testing.assert_allclose(state.update_scale, 0.5)
+    self.assertIn('non-finite', rec['reason'])
+    # The result stays the evaluated, accepted step 0 values.
+    np.testing.assert_allclose(state.best_hparams['lr'], [0.02])
 
   @parameterized.parameters((10.0, False), (None, True))
   def test_finite_but_exploded_loss_is_divergence(self, factor, accepted):
     # Over 20 steps lr 0.52 multiplies the loss by 1.6^40 ~ 1.5e8: finite,
     # but a run gone bad that must not be taken as a result.
     fn = _quadratic(5.0, num_steps=20)
-    opt = outer.sign_descent({'lr': 0.5})
+    opt = hypergrad.sign_descent({'lr': 0.5})
     state = search.init({'lr': jnp.array([0.02])}, opt)
     state, rec = search.step(fn, opt, state, divergence_factor=factor)
     self.assertTrue(rec['accepted'])
@@ -142,6 +211,27 @@ class SearchTest(parameterized.TestCase):
       search.run(_quadratic(5.0), {'lr': jnp.array([0.03])},
                  divergence_factor=factor)
 
-  def test_divergence_at_start_raises(self):
-    with pytest.raises(search.DivergenceError, match='initial'):
-      search.run(_quadratic(5.0, num_steps=500), {'lr': jnp.array([1.0])})
+  def test_divergence_at_start_raises_naming_the_inner_step(self):
+    def fn(hparams, outer_step):
+      del outer_step
+      return hypergrad.forward()(lambda w, h, t: w - h['lr'] * 5.0 * w,
+                                 lambda w: w ** 2, jnp.float64(1.0), hparams,
+                                 600)
+    with pytest.raises(search.DivergenceError,
+                       match='initial.*from inner step [0-9]+'):
+      search.run(fn, {'lr': jnp.array([1.0])})
+
+  def test_collapse_to_chance_is_divergence(self):
+    # Losses: 1.0 at the start, then 2.5 (at "chance", 2.3) with finite
+    # hypergradients: rejected, and the initial schedule stays the result.
+    losses = iter([1.0, 2.5])
+    def fn(hparams, outer_step):
+      del outer_step
+      return jnp.float64(next(losses)), {'lr': jnp.array([-1.0])}
+    opt = hypergrad.sign_descent({'lr': 0.1})
+    state, records = search.run(fn, {'lr': jnp.array([0.1])}, opt=opt,
+                                max_outer_steps=2, collapse_loss=2.3)
+    self.assertEqual([r['accepted'] for r in records], [True, False])
+    self.assertIn('chance', records[1]['reason'])
+    np.testing.assert_allclose(state.best_hparams['lr'], [0.1])
+    self.assertEqual(state.best_step, 0)

@@ -14,18 +14,17 @@ steps 5-9 by at most 10% or 32 MiB, whichever is smaller.
 """
 
 import gc
-import os
 import time
 
 import jax
 import numpy as np
 import pytest
 
-from hypergrad._src import checkpoint as ckpt_lib
-from hypergrad._src import outer
+from hypergrad.experiments import checkpoint as ckpt_lib
+import hypergrad
 from hypergrad._src import schedule
 from hypergrad._src import search
-from hypergrad._src import tasks as tasks_lib
+from hypergrad.experiments import tasks as tasks_lib
 from launch import train
 from launch.configs import mnist1d_mlp
 
@@ -62,8 +61,8 @@ def test_memory_flat_over_20_outer_steps(tmp_path):
                              val_fraction=config.val_fraction)
   hparams0 = {k: schedule.constant(config.init[k], config.intervals[k],
                                    task.dtype) for k in kinds}
-  opt = outer.sign_descent({k: config.step_sizes[k] for k in kinds})
-  fn, _ = train._hypergrad_fn(config, task, config.horizon)  # pylint: disable=protected-access
+  opt = hypergrad.sign_descent({k: config.step_sizes[k] for k in kinds})
+  fn, _ = train._hypergrad_fn(config, task)  # pylint: disable=protected-access
   checkpointer = ckpt_lib.OuterCheckpointer(str(tmp_path / 'checkpoints'))
 
   state, records, samples = search.init(hparams0, opt), [], []

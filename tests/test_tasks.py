@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import hypergrad
-from hypergrad._src import tasks
+from hypergrad.experiments import tasks
 from tests import helpers
 
 
@@ -31,7 +31,7 @@ def test_new_split_and_init_reuse_the_compiled_unroll(digits):
     # A fresh Partial each outer step, over the same function: no retrace.
     loss, _ = hypergrad.forward_hypergrad(step_fn, loss_fn, state, hp, 20)
     losses.append(float(loss))
-    counted.append(hypergrad._src.forward._forward_hypergrad._cache_size())
+    counted.append(hypergrad._src.estimator._run._cache_size())
   assert counted[0] == counted[-1], counted
   assert len(set(losses)) == 3
 
@@ -76,6 +76,6 @@ def test_unknown_task_and_bad_override():
 
 
 def test_absent_dataset_fails_fast(tmp_path):
-  with pytest.raises(hypergrad._src.data.DatasetNotFoundError,
+  with pytest.raises(hypergrad.experiments.data.DatasetNotFoundError,
                      match=str(tmp_path)):
     tasks.make_task('cifar10_wrn16_1', data_dir=str(tmp_path))

@@ -19,22 +19,26 @@ Two things keep this cheap (Micaelli & Storkey 2021):
   instead of 9.
 
 Within a segment every hyperparameter is constant, so the schedule is indexed
-statically and the step is linearised once and its linear map applied to the
-whole tangent batch (``jax.linearize`` + ``jax.vmap``): the primal step and its
-residuals are computed once per inner step, not once per tangent.
+statically and the tangent engine (:mod:`hypergrad._src.tangents`) linearises
+the step once and applies its linear map to the whole tangent batch: the
+primal step and its residuals are computed once per inner step, not once per
+tangent.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hypergrad._src import estimator as estimator_lib
 from hypergrad._src import schedule
+from hypergrad._src import tangents as tangents_lib
 from hypergrad._src import unroll as unroll_lib
+from hypergrad._src import validation
 
 PyTree = Any
 
@@ -87,15 +91,10 @@ def _chunk_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps, dirs,
   report = unroll_lib.progress_reporter(progress, num_steps)
   h_leaves, h_def = jax.tree.flatten(hparams)
   split = unroll_lib.split_state(init_state)
+  step, merge = tangents_lib.step_pieces(step_fn, split)
   diff, rest = split.diff, split.rest
   tangents = None  # list of (k, *leaf.shape) arrays, one per diff leaf
   bad = jnp.int32(-1)  # first step whose output is non-finite
-
-  def step(diff_, rest_, h_, t):
-    out = step_fn(unroll_lib.merge_state(diff_, rest_, split.treedef,
-                                         split.mask), h_, t)
-    out = unroll_lib.split_state(out)
-    return out.diff, out.rest
 
   for seg in schedule.segments(hparams, num_steps):
     active = [d for d in dirs if d.start <= seg.start]
@@ -119,93 +118,117 @@ def _chunk_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps, dirs,
 
     k = len(active)
     if tangents is None:
-      tangents = [jnp.zeros((k,) + x.shape, x.dtype) for x in diff]
+      tangents = tangents_lib.zeros(k, diff)
     elif tangents[0].shape[0] < k:
-      pad = k - tangents[0].shape[0]
-      tangents = [jnp.concatenate([z, jnp.zeros((pad,) + z.shape[1:],
-                                                z.dtype)]) for z in tangents]
+      pad = tangents_lib.zeros(k - tangents[0].shape[0], diff)
+      tangents = [jnp.concatenate([z, p]) for z, p in zip(tangents, pad)]
     dh = jax.tree.unflatten(
         h_def, _hparam_tangents(h_leaves, active, seg.intervals))
 
     def body(carry, _, h_seg=h_seg, dh=dh):
       diff_, rest_, tan, t, bad_ = carry
       report(t)
-      new_diff, lin, new_rest = jax.linearize(
-          lambda d, h: step(d, rest_, h, t), diff_, h_seg, has_aux=True)
-      new_tan = jax.vmap(lin)(tan, dh)
+      new_diff, new_rest, new_tan = tangents_lib.push(step, diff_, rest_,
+                                                      h_seg, t, tan, dh)
       bad_ = unroll_lib.first_nonfinite(bad_, t, (new_diff, new_tan))
       return (new_diff, new_rest, new_tan, t + 1, bad_), None
 
     diff, rest, tangents, _, bad = jax.lax.scan(
         body, (diff, rest, tangents, t0, bad), None, length)[0]
 
-  final_loss_fn = lambda d: loss_fn(unroll_lib.merge_state(
-      d, rest, split.treedef, split.mask))
-  loss, g = jax.value_and_grad(final_loss_fn)(diff)
-  final_state = unroll_lib.merge_state(diff, rest, split.treedef, split.mask)
-  values = sum(
-      jnp.tensordot(z.reshape(z.shape[0], -1), gl.reshape(-1).astype(z.dtype),
-                    axes=1)
-      for z, gl in zip(tangents, g))
-  return loss, values, unroll_lib.UnrollInfo(final_state, bad)
+  loss, g = jax.value_and_grad(lambda d: loss_fn(merge(d, rest)))(diff)
+  values = tangents_lib.contract_flat(tangents, g, tangents[0].dtype)
+  return loss, values, unroll_lib.UnrollInfo(merge(diff, rest), bad)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _forward_hypergrad(num_steps, chunk_size, skip_unstarted, progress,
-                       return_info, step_fn, loss_fn, init_state, hparams):
-  # Runs once per trace, i.e. once per compilation: the structural check costs
-  # nothing on later outer steps.
-  unroll_lib.check_step_fn(step_fn, loss_fn, init_state, hparams, num_steps)
-  dirs = directions(hparams, num_steps, skip_unstarted)
-  chunk = chunk_size or len(dirs)
-  h_leaves, h_def = jax.tree.flatten(hparams)
-  total = sum(h.size for h in h_leaves)
-  # NumPy's rules: a float32 and a float64 schedule in one pytree is fine
-  # even under strict jax promotion; every leaf is cast back below.
-  flat_dtype = np.result_type(*[h.dtype for h in h_leaves])
-  flat = jnp.zeros((total,), flat_dtype)
-  loss = info = None
-  for c in range(0, len(dirs), chunk):
-    group = dirs[c:c + chunk]
-    chunk_loss, values, chunk_info = _chunk_hypergrad(
-        step_fn, loss_fn, init_state, hparams, num_steps, group, progress)
-    if loss is None:
-      loss, info = chunk_loss, chunk_info
-    else:  # every chunk reruns the same primal; its tangents may still blow up
-      info = info._replace(nonfinite_step=unroll_lib.earliest(
-          info.nonfinite_step, chunk_info.nonfinite_step))
-    flat = flat.at[np.array([d.flat for d in group])].set(
-        values.astype(flat_dtype))
-  out, offset = [], 0
-  for h in h_leaves:
-    out.append(flat[offset:offset + h.size].reshape(h.shape).astype(h.dtype))
-    offset += h.size
-  hypergrads = jax.tree.unflatten(h_def, out)
-  if return_info:
-    return loss, hypergrads, info
-  return loss, hypergrads
+@dataclasses.dataclass(frozen=True)
+class Forward(estimator_lib.Estimator):
+  """Forward mode (FDS): tangents pushed through the whole unroll.
+
+  Attributes:
+    chunk_size: at most this many tangents are carried at once; more are
+      handled by re-running the primal unroll per chunk (memory bounded by
+      the chunk, compute grows with the number of chunks). None: one chunk.
+    skip_unstarted: skip tangents of intervals that have not begun (exact;
+      False only for benchmarking the naive scheme).
+  """
+  chunk_size: int | None = None
+  skip_unstarted: bool = True
+
+  def __post_init__(self):
+    object.__setattr__(self, 'chunk_size', validation.check_int(
+        self.chunk_size, 'chunk_size', allow_none=True))
+    object.__setattr__(self, 'skip_unstarted', bool(self.skip_unstarted))
+
+  def compute(self, step_fn, loss_fn, init_state, hparams, num_steps,
+              progress=None) -> estimator_lib.HypergradResult:
+    dirs = directions(hparams, num_steps, self.skip_unstarted)
+    chunk = self.chunk_size or len(dirs)
+    h_leaves = jax.tree.leaves(hparams)
+    total = sum(h.size for h in h_leaves)
+    # NumPy's rules: a float32 and a float64 schedule in one pytree is fine
+    # even under strict jax promotion; every leaf is cast back below.
+    flat_dtype = np.result_type(*[h.dtype for h in h_leaves])
+    flat = jnp.zeros((total,), flat_dtype)
+    loss = info = None
+    for c in range(0, len(dirs), chunk):
+      group = dirs[c:c + chunk]
+      chunk_loss, values, chunk_info = _chunk_hypergrad(
+          step_fn, loss_fn, init_state, hparams, num_steps, group, progress)
+      if loss is None:
+        loss, info = chunk_loss, chunk_info
+      else:  # every chunk reruns the same primal; its tangents may blow up
+        info = info._replace(nonfinite_step=unroll_lib.earliest(
+            info.nonfinite_step, chunk_info.nonfinite_step))
+      flat = flat.at[np.array([d.flat for d in group])].set(
+          values.astype(flat_dtype))
+    return estimator_lib.HypergradResult(
+        loss, tangents_lib.unflatten_like(flat, hparams), info)
 
 
-def validate_common(init_state, hparams, num_steps):
-  """Checks shared by every full-horizon estimator, before any compute."""
-  num_steps = schedule.validate_num_steps(num_steps)
-  hparams = schedule.validate_hparams(hparams, num_steps)
-  init_state = unroll_lib.as_state(init_state)
-  return init_state, hparams, num_steps
+def forward(chunk_size: int | None = None, *,
+            skip_unstarted: bool = True) -> Forward:
+  """The forward-mode estimator (FDS), as a value to pass around.
+
+  Memory is constant in the horizon: one state and one tangent per scalar
+  hyperparameter value (``K``), or ``chunk_size`` tangents at a time. Time is
+  about ``1 + a K_begun`` plain runs, ``K_begun`` the tangents of intervals
+  already begun (averaged over the run).
+
+  Args:
+    chunk_size: bound on tangents carried at once, or None for all.
+    skip_unstarted: see :class:`Forward`.
+
+  Returns:
+    A :class:`Forward` estimator; call it like any :class:`Estimator`.
+
+  Raises:
+    ValueError: ``chunk_size`` not None or an int >= 1.
+
+  Example:
+    >>> import jax.numpy as jnp, hypergrad
+    >>> step = lambda w, h, t: w - h['lr'] * 2.0 * (w - 3.0)
+    >>> result = hypergrad.forward(chunk_size=1)(
+    ...     step, lambda w: (w - 3.0) ** 2, jnp.zeros(()),
+    ...     {'lr': jnp.full((2,), 0.1)}, num_steps=10)
+    >>> result.hypergrads['lr'].shape, int(result.info.nonfinite_step)
+    ((2,), -1)
+  """
+  return Forward(chunk_size, skip_unstarted)
 
 
 def forward_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,
                       *, chunk_size: int | None = None,
                       skip_unstarted: bool = True,
-                      progress: unroll_lib.Progress | None = None,
-                      return_info: bool = False):
+                      progress: unroll_lib.Progress | None = None):
   """Loss and hypergradient of ``loss_fn`` after a whole inner run, forward mode.
 
   Runs ``state_{t+1} = step_fn(state_t, hparams_t, t)`` for ``t < num_steps``
   where ``hparams_t`` indexes every schedule leaf at ``(t * n) // num_steps``,
   and differentiates ``loss_fn(state_T)`` with respect to every schedule value
   by pushing one tangent per value through the unroll with ``jax.linearize``.
-  Memory is constant in ``num_steps``.
+  Memory is constant in ``num_steps``. The same as
+  ``hypergrad.forward(chunk_size)(...)`` without the unroll info.
 
   The computation is compiled once per (``step_fn``, ``loss_fn``,
   ``num_steps``, options, shapes and dtypes): the outer loop can call it with
@@ -225,28 +248,21 @@ def forward_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,
     hparams: pytree of schedule leaves of shape ``(n, ...)``, ``n`` values
       shared over ``n`` contiguous intervals; ``n`` may differ per leaf.
     num_steps: the horizon ``T``, a Python int.
-    chunk_size: at most this many tangents are carried at once; more are
-      handled by re-running the primal unroll per chunk (memory bounded by
-      the chunk, compute grows with the number of chunks). None: one chunk.
-    skip_unstarted: skip tangents of intervals that have not begun (exact;
-      False only for benchmarking the naive scheme).
+    chunk_size: see :func:`hypergrad.forward`.
+    skip_unstarted: see :class:`hypergrad.Forward`.
     progress: optional ``Progress(callback, every)``: ``callback(t)`` is called
       on the host every ``every`` inner steps (once per chunk), so a
       10^4-step hypergradient is never silent. Keep the same object across
       calls: it is part of the compilation key.
-    return_info: also return an :class:`UnrollInfo`: the inner state after
-      the last step (to evaluate the trained model without another unroll)
-      and the first inner step whose state or tangents were non-finite (-1:
-      none), found by a flag carried in the scan, not a host sync per step.
 
   Returns:
     ``(loss, hypergrads)``: the scalar outer loss and ``d loss / d hparams``
-    with exactly the structure, shapes and dtypes of ``hparams``; with
-    ``return_info=True``, ``(loss, hypergrads, info)``.
+    with exactly the structure, shapes and dtypes of ``hparams``.
 
   Raises:
-    ValueError, TypeError: bad ``num_steps``, schedule leaves, ``chunk_size``,
-      or a ``step_fn`` that changes the state's structure; before compute.
+    ValueError, TypeError: bad ``num_steps``, schedule leaves (NaN or Inf
+      values included), ``chunk_size``, or a ``step_fn`` that changes the
+      state's structure; before compute.
 
   Example:
     >>> import jax.numpy as jnp, hypergrad
@@ -257,18 +273,6 @@ def forward_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,
     >>> g['lr'].shape
     (2,)
   """
-  init_state, hparams, num_steps = validate_common(init_state, hparams,
-                                                   num_steps)
-  if chunk_size is not None and (
-      isinstance(chunk_size, (bool, np.bool_))
-      or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
-    raise ValueError(f'chunk_size must be a positive int or None, got '
-                     f'{chunk_size!r}.')
-  # A numpy int is a different static argument from the equal Python int.
-  chunk_size = None if chunk_size is None else int(chunk_size)
-  unroll_lib.validate_progress(progress)
-  return _forward_hypergrad(num_steps, chunk_size, bool(skip_unstarted),
-                            progress, bool(return_info),
-                            unroll_lib.as_pytree_fn(step_fn),
-                            unroll_lib.as_pytree_fn(loss_fn), init_state,
-                            hparams)
+  result = forward(chunk_size, skip_unstarted=skip_unstarted)(
+      step_fn, loss_fn, init_state, hparams, num_steps, progress=progress)
+  return result.loss, result.hypergrads

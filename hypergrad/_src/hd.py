@@ -40,6 +40,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from hypergrad._src import online
 
@@ -59,22 +60,23 @@ class HDState(NamedTuple):
   inner: PyTree
   hparams: PyTree
   hypergrad: PyTree
+  meta_state: Any = ()
 
 
-def _init(cfg, step_fn, loss_fn, step_loss_fn, inner_state, hparams):
+def _init(meta_opt, step_fn, loss_fn, step_loss_fn, inner_state, hparams):
   del step_loss_fn
   values = online.initial_values(hparams, 'hypergradient_descent')
   online.check_unroll(step_fn, loss_fn, inner_state, hparams)
-  online.per_leaf(cfg, values)  # Names in meta_lr must match: no compute.
-  return HDState(inner_state, values, jax.tree.map(jnp.zeros_like,
-                                                     values))
+  return HDState(inner_state, values, jax.tree.map(jnp.zeros_like, values),
+                 online.meta_init(meta_opt, values))
 
 
-def _update(cfg, step_fn, loss_fn, step_loss_fn, state: HDState, t):
+def _update(meta_opt, step_fn, loss_fn, step_loss_fn, state: HDState, t):
   t = jnp.asarray(t, jnp.int32)
-  # A zero hypergradient (after init) leaves the values unchanged under all
-  # three rules, so no branch is needed for the first step.
-  values = online.meta_step(cfg, state.hparams, state.hypergrad)
+  # A zero hypergradient (after init) leaves the values unchanged under the
+  # built-in rules, so no branch is needed for the first step.
+  values, meta_state = online.meta_apply(meta_opt, state.meta_state,
+                                         state.hparams, state.hypergrad)
 
   def one_step_loss(h):
     new_inner = step_fn(state.inner, h, t)
@@ -86,13 +88,14 @@ def _update(cfg, step_fn, loss_fn, step_loss_fn, state: HDState, t):
   # of h is differentiated.
   grads, new_inner = jax.grad(one_step_loss, has_aux=True)(values)
   grads = jax.tree.map(lambda g, h: g.astype(h.dtype), grads, values)
-  return HDState(new_inner, values, grads)
+  return HDState(new_inner, values, grads, meta_state)
 
 
 def hypergradient_descent(step_fn: Callable, loss_fn: Callable, *,
                           meta_lr=1e-3, step_loss_fn: Callable | None = None,
-                          meta_update: str = 'sgd',
-                          bounds=None) -> online.OnlineMethod:
+                          meta_update: str = 'sgd', bounds=None,
+                          meta_opt: optax.GradientTransformation | None = None
+                          ) -> online.OnlineMethod:
   r"""Hypergradient descent: every step, a one-step hypergradient update.
 
   Every hyperparameter in ``hparams`` is learned (fix the others in the step
@@ -118,6 +121,9 @@ def hypergradient_descent(step_fn: Callable, loss_fn: Callable, *,
       ``(lo, hi)`` (e.g. ``hypergrad.SGD_BOUNDS``); ``None`` in a pair means
       unbounded. Values are clipped after every meta step (initial values
       outside the bounds from step 0 on).
+    meta_opt: any optax ``GradientTransformation`` to use instead of the
+      one :func:`hypergrad.meta_optimizer` builds from ``meta_lr``,
+      ``meta_update`` and ``bounds``.
 
   Returns:
     An :class:`OnlineMethod` with state :class:`HDState`.
@@ -133,7 +139,7 @@ def hypergradient_descent(step_fn: Callable, loss_fn: Callable, *,
     >>> final, sched = hypergrad.run_online(
     ...     method, state, {'lr': hypergrad.constant(0.01)}, 1000)
   """
-  cfg = online.meta_config(meta_lr, meta_update, bounds)
-  return online.make_method(cfg, online.Static(_init, ()),
-                            online.Static(_update, ()),
+  meta_opt = online.meta_opt_from(meta_opt, meta_lr, meta_update, bounds)
+  return online.make_method(online.Static(_init, ()),
+                            online.Static(_update, ()), meta_opt,
                             (step_fn, loss_fn, step_loss_fn))

@@ -18,9 +18,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hypergrad._src import registry
+
 PyTree = Any
 
-SGD_HPARAMS = ('lr', 'momentum', 'weight_decay')
+SGD_HPARAMS = registry.SGD.names
 
 
 class SGDState(NamedTuple):

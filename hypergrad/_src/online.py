@@ -42,16 +42,14 @@ Conventions:
   inner_state, schedule, num_steps)`` replays the run and ``forward_hypergrad``
   can differentiate it.
 
-Meta updates (shared by every method): with hypergradient ``g`` of a leaf and
-its meta step size ``eta``,
-
-* ``'sgd'`` (default): ``h <- h - eta * g``;
-* ``'sign'``: ``h <- h - eta * sign(g)`` (scale free: moves by ``eta``);
-* ``'normalized'``: ``h <- h - eta * g / ||g||_2``, the norm taken per leaf.
-
-then optionally ``h <- clip(h, lo, hi)`` (``bounds``). ``meta_lr`` is one
-positive float or a mapping from top-level hyperparameter name to a positive
-float (learning rate and momentum live on very different scales).
+Meta updates: every method takes ``meta_opt``, any optax
+``GradientTransformation`` applied to the hypergradient (its state rides in
+the method's state as ``meta_state``), or builds one from ``meta_lr``,
+``meta_update`` and ``bounds`` with :func:`hypergrad.meta_optimizer` (sgd,
+sign or normalised steps with one rate or one per hyperparameter name, then a
+projection onto the valid ranges): the same transformations as the FDS outer
+optimiser. Their rates are pytree leaves, so a sweep over ``meta_lr``
+compiles once.
 """
 
 from __future__ import annotations
@@ -59,25 +57,25 @@ from __future__ import annotations
 import functools
 import math
 import types
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+from hypergrad._src import outer
+from hypergrad._src import registry
 from hypergrad._src import schedule
 from hypergrad._src import unroll as unroll_lib
 
 PyTree = Any
 
-META_UPDATES = ('sgd', 'sign', 'normalized')
-
-# Valid ranges of the SGD hyperparameters, for ``bounds=SGD_BOUNDS``: a
-# learning rate or weight decay below zero and a momentum of 1 or more make
-# the inner run diverge, and a greedy meta step can overshoot into them.
-SGD_BOUNDS = types.MappingProxyType({'lr': (0.0, None),
-                                     'momentum': (0.0, 0.999),
-                                     'weight_decay': (0.0, None)})
+# Valid ranges of the SGD hyperparameters, for ``bounds=SGD_BOUNDS`` (from the
+# registry): a greedy meta step can overshoot into a diverging value.
+SGD_BOUNDS = types.MappingProxyType(
+    {k: (lo, None if hi == math.inf else hi)
+     for k, (lo, hi) in registry.SGD.bounds.items()})
 
 
 class OnlineMethod(NamedTuple):
@@ -103,48 +101,6 @@ class OnlineMethod(NamedTuple):
   every_arg: str = 'every'
 
 
-class Named(NamedTuple):
-  """A mapping name -> value frozen into a hashable, comparable tuple."""
-  items: tuple
-
-  def get(self, key, default=None):
-    return dict(self.items).get(key, default)
-
-
-@jax.tree_util.register_pytree_node_class
-class MetaConfig:
-  """How hyperparameters move given a hypergradient.
-
-  A pytree whose leaves are the meta step sizes and whose static part is the
-  rule, the bounds and the names: bound into an :class:`OnlineMethod`'s
-  ``Partial`` the step sizes are traced, so a sweep over ``meta_lr`` (tuning
-  a greedy method) compiles once.
-  """
-
-  def __init__(self, meta_lr, rule: str, bounds):
-    self.meta_lr = meta_lr  # float or Named of floats
-    self.rule = rule
-    self.bounds = bounds  # None, (lo, hi), or Named of (lo, hi)
-
-  def tree_flatten(self):
-    if isinstance(self.meta_lr, Named):
-      names = tuple(k for k, _ in self.meta_lr.items)
-      rates = tuple(v for _, v in self.meta_lr.items)
-    else:
-      names, rates = None, (self.meta_lr,)
-    return rates, (names, self.rule, self.bounds)
-
-  @classmethod
-  def tree_unflatten(cls, aux, rates):
-    names, rule, bounds = aux
-    meta_lr = rates[0] if names is None else Named(tuple(zip(names, rates)))
-    return cls(meta_lr, rule, bounds)
-
-  def __repr__(self):
-    return (f'MetaConfig(meta_lr={self.meta_lr!r}, rule={self.rule!r}, '
-            f'bounds={self.bounds!r})')
-
-
 class Static(NamedTuple):
   """``fn`` with static leading arguments, compared and hashed by value.
 
@@ -159,129 +115,32 @@ class Static(NamedTuple):
     return self.fn(*self.args, *args)
 
 
-# ---------------------------------------------------------------------------
-# Validation (Python values only: runs before any compute).
+def meta_opt_from(meta_opt, meta_lr, meta_update: str, bounds
+                  ) -> optax.GradientTransformation:
+  """``meta_opt`` if given, else :func:`hypergrad.meta_optimizer` of the rest."""
+  if meta_opt is None:
+    return outer.meta_optimizer(meta_lr, meta_update, bounds)
+  if not (hasattr(meta_opt, 'init') and hasattr(meta_opt, 'update')):
+    raise TypeError(f'meta_opt must be an optax GradientTransformation, got '
+                    f'{meta_opt!r}.')
+  return meta_opt
 
 
-def validate_positive_int(value, name: str) -> int:
-  if isinstance(value, (bool, np.bool_)) or not isinstance(
-      value, (int, np.integer)) or value < 1:
-    raise ValueError(f'{name} must be an int >= 1, got {name}={value!r}.')
-  return int(value)
+def meta_init(meta_opt, values):
+  """The meta optimiser's state; checks (abstractly) that it fits ``values``.
 
-
-def _check_rate(value, name: str) -> float:
-  if isinstance(value, (bool, np.bool_)) or not isinstance(
-      value, (int, float, np.integer, np.floating)):
-    raise ValueError(f'{name} must be a positive number, got {name}='
-                     f'{value!r}.')
-  if not (math.isfinite(value) and value > 0):
-    raise ValueError(f'{name} must be > 0 and finite, got {name}={value!r}.')
-  return float(value)
-
-
-def _check_bound(lo_hi, name: str):
-  if (not isinstance(lo_hi, (tuple, list)) or len(lo_hi) != 2):
-    raise ValueError(f'{name} must be a pair (lo, hi) with None for no bound, '
-                     f'got {name}={lo_hi!r}.')
-  lo, hi = lo_hi
-  for v in (lo, hi):
-    if v is not None and not isinstance(v, (int, float, np.integer,
-                                            np.floating)):
-      raise ValueError(f'{name} bounds must be numbers or None, got '
-                       f'{name}={lo_hi!r}.')
-  if lo is not None and hi is not None and lo > hi:
-    raise ValueError(f'{name} has lo > hi: {name}={lo_hi!r}.')
-  return (None if lo is None else float(lo), None if hi is None else float(hi))
-
-
-def meta_config(meta_lr, meta_update: str, bounds) -> MetaConfig:
-  """Validates the meta-update arguments shared by every greedy method."""
-  if isinstance(meta_lr, Mapping):
-    if not meta_lr:
-      raise ValueError('meta_lr is an empty mapping.')
-    meta_lr = Named(tuple((k, _check_rate(v, f'meta_lr[{k!r}]'))
-                          for k, v in meta_lr.items()))
-  else:
-    meta_lr = _check_rate(meta_lr, 'meta_lr')
-  if meta_update not in META_UPDATES:
-    raise ValueError(f'meta_update must be one of {META_UPDATES}, got '
-                     f'meta_update={meta_update!r}.')
-  if bounds is not None:
-    if isinstance(bounds, Mapping):
-      bounds = Named(tuple((k, _check_bound(v, f'bounds[{k!r}]'))
-                           for k, v in bounds.items()))
-    else:
-      bounds = _check_bound(bounds, 'bounds')
-  return MetaConfig(meta_lr, meta_update, bounds)
-
-
-def _top_key(path) -> Any:
-  entry = path[0] if path else None
-  if isinstance(entry, jax.tree_util.DictKey):
-    return entry.key
-  if isinstance(entry, jax.tree_util.GetAttrKey):
-    return entry.name
-  return None
-
-
-def per_leaf(cfg: MetaConfig, hparams: PyTree):
-  """Meta step size and bounds of every hparams leaf, in leaves order."""
-  paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(hparams)[0]]
-  keys = [_top_key(p) for p in paths]
-  if isinstance(cfg.meta_lr, Named):
-    meta_lr = dict(cfg.meta_lr.items)
-    names = {k for k in keys if k is not None}
-    if any(k is None for k in keys):
-      raise ValueError('meta_lr is a mapping by name but hparams is not a '
-                       'mapping of named hyperparameters; pass one float.')
-    missing, extra = names - set(meta_lr), set(meta_lr) - names
-    if missing or extra:
-      raise ValueError(
-          f'meta_lr must have one entry per hyperparameter: missing '
-          f'{sorted(missing)}, unknown {sorted(extra)} (hparams has '
-          f'{sorted(names)}).')
-    lrs = [meta_lr[k] for k in keys]
-  else:
-    lrs = [cfg.meta_lr] * len(keys)
-  if cfg.bounds is None:
-    bounds = [(None, None)] * len(keys)
-  elif isinstance(cfg.bounds, Named):
-    # Names absent from hparams are ignored so that SGD_BOUNDS fits any
-    # subset of the SGD hyperparameters.
-    bounds = [cfg.bounds.get(k, (None, None)) for k in keys]
-  else:
-    bounds = [cfg.bounds] * len(keys)
-  return lrs, bounds
-
-
-def meta_step(cfg: MetaConfig, hparams: PyTree, hypergrad: PyTree) -> PyTree:
-  """One hyperparameter update ``h <- clip(h - eta * direction(g))``.
-
-  Args:
-    cfg: from :func:`meta_config`.
-    hparams: current values (any leaf shapes).
-    hypergrad: ``d loss / d hparams``, same structure.
-
-  Returns:
-    The new values, same structure and dtypes as ``hparams``.
+  A mapping of rates that misses a hyperparameter fails here, when the
+  method is initialised, not in the middle of the run.
   """
-  lrs, bounds = per_leaf(cfg, hparams)
-  leaves, treedef = jax.tree.flatten(hparams)
-  grads = jax.tree.leaves(hypergrad)
-  out = []
-  for h, g, lr, (lo, hi) in zip(leaves, grads, lrs, bounds):
-    g = g.astype(h.dtype)
-    if cfg.rule == 'sign':
-      g = jnp.sign(g)
-    elif cfg.rule == 'normalized':
-      norm = jnp.sqrt(jnp.sum(g * g))
-      g = g / jnp.maximum(norm, jnp.finfo(h.dtype).tiny)
-    new = h - lr * g
-    if lo is not None or hi is not None:
-      new = jnp.clip(new, lo, hi)
-    out.append(new.astype(h.dtype))
-  return jax.tree.unflatten(treedef, out)
+  meta_state = meta_opt.init(values)
+  jax.eval_shape(meta_opt.update, values, meta_state, values)
+  return meta_state
+
+
+def meta_apply(meta_opt, meta_state, values, hypergrad):
+  """One meta step: ``values + meta_opt.update(hypergrad)``."""
+  updates, meta_state = meta_opt.update(hypergrad, meta_state, values)
+  return optax.apply_updates(values, updates), meta_state
 
 
 def initial_values(hparams: PyTree, method: str) -> PyTree:
@@ -302,30 +161,22 @@ def check_unroll(step_fn, loss_fn, inner_state, hparams):
   unroll_lib.check_step_fn(step_fn, loss_fn, inner_state, hparams, 1)
 
 
-class _ConfigFirst(NamedTuple):
-  """Calls ``impl.fn(cfg, *impl.args, *rest)``: the traced config goes first."""
-  impl: Static
-
-  def __call__(self, cfg, *rest):
-    return self.impl.fn(cfg, *self.impl.args, *rest)
-
-
-def make_method(cfg: MetaConfig, init_impl: Static, update_impl: Static, fns,
+def make_method(init_impl: Static, update_impl: Static, meta_opt, fns,
                 every: int = 1, every_arg: str = 'every') -> OnlineMethod:
-  """Wraps ``impl.fn(cfg, *impl.args, *fns, ...)`` as an :class:`OnlineMethod`.
+  """Wraps ``impl.fn(*impl.args, meta_opt, *fns, ...)`` as an :class:`OnlineMethod`.
 
-  ``cfg`` (its meta step sizes) and ``fns`` (user callables) become pytree
-  children of the ``Partial`` so the step sizes and the arrays the functions
-  are bound to are traced; ``init_impl`` / ``update_impl`` (with their static
+  ``meta_opt`` (its rates) and ``fns`` (user callables) become pytree
+  children of the ``Partial`` so the rates and the arrays the functions are
+  bound to are traced; ``init_impl`` / ``update_impl`` (with their static
   configuration) are its static part, compared by value, so neither reusing a
   method nor rebuilding it with other meta step sizes, or the same
   configuration and functions, recompiles.
   """
   fns = tuple(None if f is None else unroll_lib.as_pytree_fn(f) for f in fns)
-  return OnlineMethod(
-      jax.tree_util.Partial(_ConfigFirst(init_impl), cfg, *fns),
-      jax.tree_util.Partial(_ConfigFirst(update_impl), cfg, *fns), every,
-      every_arg)
+  meta_opt = outer.as_pytree(meta_opt)
+  return OnlineMethod(jax.tree_util.Partial(init_impl, meta_opt, *fns),
+                      jax.tree_util.Partial(update_impl, meta_opt, *fns),
+                      every, every_arg)
 
 
 # ---------------------------------------------------------------------------

@@ -1,18 +1,29 @@
-"""The FDS outer step: move each hyperparameter value by the sign of its hypergradient.
+"""Outer and meta optimisers as optax ``GradientTransformation``s.
 
-Long-horizon hypergradients are noisy in size but reliable in sign (Micaelli &
-Storkey 2021), so each schedule value ``h`` moves by a step of its own:
+The FDS outer step moves each schedule value by the *sign* of its
+hypergradient (long-horizon hypergradients are noisy in size but reliable in
+sign; Micaelli & Storkey 2021), with a step of its own that is halved whenever
+that sign flips, as in Rprop:
 
-    h <- clip(h - step * sign(g)),
+    s <- s * decay   if sign(g) != sign(g_prev)
+    h <- clip(h - s * sign(g), lo, hi)
 
-and a value's ``step`` is halved whenever the sign of its hypergradient flips
-(an oscillation means the optimum has been passed), as in Rprop. The search has
-converged when every value's step is below ``tol`` (default 5%) of the value's
-magnitude; about 10 outer steps in practice.
+Here that is two small transformations, chained:
 
-Valid ranges are kept by **clipping** after each step (not by a
-parametrisation): ``lr >= 0``, ``0 <= momentum <= 0.999``, ``weight_decay >=
-0`` by default, so values are learned on their natural scale, as in the paper.
+* :func:`scale_by_sign_descent`: ``u = -s * sign(g)`` with the halving rule;
+* :func:`project`: keeps ``h + u`` in each kind's valid range (from the
+  registry: ``lr >= 0``, ``0 <= momentum <= 0.999``, ``weight_decay >= 0``).
+
+:func:`sign_descent` is their chain. Any optax transformation can stand in
+(``optax.adam``, ``optax.rprop``, ``optax.chain(...)``): the outer loop only
+calls ``init`` and ``update``. The greedy methods' meta updates
+(:func:`meta_optimizer`: sgd, sign or normalised steps with per-kind rates,
+then :func:`project`) are built from the same pieces.
+
+Every transformation here keeps its numbers (step sizes, rates) as pytree
+leaves of ``jax.tree_util.Partial`` objects, never baked into a closure: built
+twice with other rates it compiles once (a meta-step-size sweep), and it can
+travel as an argument of a jitted function.
 """
 
 from __future__ import annotations
@@ -22,122 +33,378 @@ from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
+
+from hypergrad._src import registry
+from hypergrad._src import unroll as unroll_lib
+from hypergrad._src import validation
 
 PyTree = Any
-
-# The FDS reference's initial step sizes per hyperparameter kind.
-DEFAULT_STEP_SIZES = {'lr': 0.1, 'momentum': 0.1, 'weight_decay': 3e-4,
-                      'learning_rate': 0.1}
-# Valid ranges enforced by clipping.
-DEFAULT_BOUNDS = {'lr': (0.0, math.inf), 'learning_rate': (0.0, math.inf),
-                  'momentum': (0.0, 0.999), 'b1': (0.0, 0.999),
-                  'b2': (0.0, 0.9999), 'weight_decay': (0.0, math.inf)}
+Partial = jax.tree_util.Partial
 
 
 class SignDescentState(NamedTuple):
-  """State of the sign-based outer optimiser.
+  """State of :func:`scale_by_sign_descent`.
 
   Attributes:
-    step_sizes: pytree like ``hparams``: each value's current step.
-    prev_sign: pytree like ``hparams``: sign of the previous hypergradient
-      (0 before the first update).
+    step_sizes: pytree like the hyperparameters: each value's current step.
+    prev_sign: pytree like the hyperparameters: sign of the previous
+      hypergradient (0 before the first update).
     count: number of updates applied.
-    pinned: pytree of bools like ``hparams``: the last step pushed the value
-      against a bound of its valid range (it cannot move further that way).
   """
   step_sizes: PyTree
   prev_sign: PyTree
   count: jax.Array
+
+
+class ProjectState(NamedTuple):
+  """State of :func:`project`.
+
+  Attributes:
+    pinned: pytree of bools like the hyperparameters: the last update pushed
+      the value against a bound of its valid range.
+  """
   pinned: PyTree
 
 
-class SignDescent(NamedTuple):
-  """An ``init``/``update`` pair, like an optax ``GradientTransformation``."""
-  init: Any
-  update: Any
+# ---------------------------------------------------------------------------
+# Per-kind numbers: a float for every value, or a mapping from the top-level
+# hyperparameter name (``'lr'``) to a float.
 
 
-def _per_kind(hparams: Mapping[str, PyTree], values: Mapping[str, Any], what):
-  missing = [k for k in hparams if k not in values]
+def _per_kind(params: PyTree, values, what: str) -> PyTree:
+  """A pytree like ``params`` holding each leaf's number from ``values``."""
+  if not isinstance(values, Mapping):
+    return jax.tree.map(lambda _: values, params)
+  if not isinstance(params, Mapping):
+    raise ValueError(f'{what} is a mapping by name, but the hyperparameters '
+                     'are not a mapping of named kinds; pass one number.')
+  missing = sorted(set(params) - set(values))
   if missing:
-    raise ValueError(f'no {what} for hyperparameter(s) {missing}; give them '
-                     f'explicitly (known defaults: {sorted(values)}).')
-  return {k: jax.tree.map(lambda _, v=values[k]: v, h)
-          for k, h in hparams.items()}
+    raise ValueError(f'{what} needs one entry per hyperparameter: missing '
+                     f'{missing} (given: {sorted(values)}).')
+  return {k: jax.tree.map(lambda _, v=values[k]: v, p)
+          for k, p in params.items()}
 
 
-def sign_descent(step_sizes: Mapping[str, float] | None = None,
-                 bounds: Mapping[str, tuple[float, float]] | None = None,
-                 *, decay: float = 0.5) -> SignDescent:
-  """The FDS outer optimiser: sign steps, halved on every sign flip.
+def _check_rates(values, name: str, fill: Mapping | None = None):
+  """Validates one positive number or a mapping name -> positive number."""
+  if isinstance(values, Mapping) or (values is None and fill is not None):
+    merged = {**(fill or {}), **(values or {})}
+    if not merged:
+      raise ValueError(f'{name} is an empty mapping.')
+    return {k: validation.check_positive(v, f'{name}[{k!r}]')
+            for k, v in merged.items()}
+  return validation.check_positive(values, name)
+
+
+# ---------------------------------------------------------------------------
+# Sign descent.
+
+
+def _sign_init(step_sizes, params):
+  sizes = _per_kind(params, step_sizes, 'initial step size')
+  steps = jax.tree.map(
+      lambda h, s: jnp.full(jnp.shape(h), s, jnp.result_type(h)), params,
+      sizes)
+  return SignDescentState(steps, jax.tree.map(jnp.zeros_like, params),
+                          jnp.zeros((), jnp.int32))
+
+
+class _SignUpdate(NamedTuple):
+  decay: float
+
+  def __call__(self, updates, state, params=None):
+    del params
+    sign = jax.tree.map(jnp.sign, updates)
+    steps = jax.tree.map(
+        lambda s, p, q: jnp.where(p * q < 0, s * self.decay, s).astype(
+            s.dtype), state.step_sizes, sign, state.prev_sign)
+    out = jax.tree.map(lambda s, g: (-s * g).astype(s.dtype), steps, sign)
+    return out, SignDescentState(steps, sign, state.count + 1)
+
+
+def scale_by_sign_descent(step_sizes=None, *, decay: float = 0.5
+                          ) -> optax.GradientTransformation:
+  """``u = -s * sign(g)``, each value's step ``s`` multiplied by ``decay`` on a sign flip.
 
   Args:
-    step_sizes: initial step per hyperparameter kind (the top-level keys of
-      the hparams mapping); defaults to :data:`DEFAULT_STEP_SIZES` (lr 0.1,
-      momentum 0.1, weight decay 3e-4) for the kinds not given.
-    bounds: ``(low, high)`` clipping range per kind; defaults to
-      :data:`DEFAULT_BOUNDS`. Kinds absent from both are unbounded.
-    decay: factor applied to a value's step when its sign flips.
+    step_sizes: initial step, one positive float for every value or a
+      mapping from hyperparameter name to float; names left out take the
+      registry's FDS steps (lr 0.1, momentum 0.1, weight decay 3e-4).
+    decay: factor applied to a value's step when its sign flips, in (0, 1).
 
   Returns:
-    ``SignDescent(init, update)`` with ``init(hparams) -> SignDescentState``
-    and ``update(hypergrads, state, hparams) -> (new_hparams, new_state)``.
+    An optax ``GradientTransformation`` with state :class:`SignDescentState`.
+
+  Raises:
+    ValueError: a step size that is not a finite number > 0, or ``decay``
+      outside (0, 1); at construction. A hyperparameter name with no step
+      size; at ``init``.
+  """
+  if not (not validation.is_bool(decay) and isinstance(decay, (int, float))
+          and 0.0 < decay < 1.0):
+    raise ValueError(f'decay must be in (0, 1), got decay={decay!r}.')
+  sizes = _check_rates(step_sizes, 'step_sizes',
+                       fill=registry.ALL_OUTER_STEPS)
+  return optax.GradientTransformation(
+      Partial(_sign_init, sizes), Partial(_SignUpdate(float(decay))))
+
+
+# ---------------------------------------------------------------------------
+# Projection onto the valid ranges.
+
+
+def _project_init(params):
+  return ProjectState(jax.tree.map(lambda h: jnp.zeros(jnp.shape(h), bool),
+                                   params))
+
+
+class _ProjectUpdate(NamedTuple):
+  bounds: Any  # (lo, hi) for every value, or a tuple of (name, (lo, hi))
+
+  def __call__(self, updates, state, params=None):
+    del state
+    if params is None:
+      raise ValueError('project needs the current hyperparameters: call '
+                       'update(updates, state, params).')
+    if isinstance(self.bounds[0], tuple):
+      if not isinstance(params, Mapping):
+        raise ValueError('bounds is a mapping by name, but the '
+                         'hyperparameters are not a mapping of named kinds.')
+      by_name = dict(self.bounds)
+      # Kinds absent from the mapping are unbounded, so that one mapping of
+      # bounds fits any subset of an optimiser's hyperparameters.
+      per_leaf = {k: jax.tree.map(
+          lambda _, b=by_name.get(k, (-math.inf, math.inf)): b, p)
+                  for k, p in params.items()}
+    else:
+      per_leaf = jax.tree.map(lambda _: self.bounds, params)
+    moved = jax.tree.map(lambda h, u: h + u, params, updates)
+    new = jax.tree.map(lambda m, b: jnp.clip(m, b[0], b[1]).astype(m.dtype),
+                       moved, per_leaf, is_leaf=lambda x: isinstance(x, tuple))
+    out = jax.tree.map(lambda n, h: (n - h).astype(h.dtype), new, params)
+    return out, ProjectState(jax.tree.map(lambda a, b: a != b, moved, new))
+
+
+def project(bounds=None) -> optax.GradientTransformation:
+  """Keeps ``params + updates`` inside each kind's valid range.
+
+  Args:
+    bounds: ``(lo, hi)`` for every value, or a mapping from hyperparameter
+      name to ``(lo, hi)`` (``None`` in a pair: unbounded); default: the
+      registry's valid ranges (:data:`hypergrad.SGD_BOUNDS` and the adam
+      family's). Names absent from the mapping are unbounded.
+
+  Returns:
+    An optax ``GradientTransformation`` with state :class:`ProjectState`;
+    its ``update`` needs ``params``.
+
+  Raises:
+    ValueError: a malformed pair, or ``lo > hi``; at construction.
+  """
+  if bounds is None:
+    bounds = registry.ALL_BOUNDS
+  if isinstance(bounds, Mapping):
+    static = tuple((k, validation.check_bounds(v, f'bounds[{k!r}]'))
+                   for k, v in bounds.items())
+    if not static:
+      raise ValueError('bounds is an empty mapping.')
+  else:
+    static = validation.check_bounds(bounds, 'bounds')
+  return optax.GradientTransformation(Partial(_project_init),
+                                      Partial(_ProjectUpdate(static)))
+
+
+# ---------------------------------------------------------------------------
+# Chaining, keeping the result a pytree of numbers.
+
+
+def _chain_init(transforms, params):
+  return tuple(t.init(params) for t in transforms)
+
+
+def _chain_update(transforms, updates, state, params=None):
+  new_state = []
+  for t, s in zip(transforms, state):
+    updates, s = t.update(updates, s, params)
+    new_state.append(s)
+  return updates, tuple(new_state)
+
+
+def as_pytree(transform: optax.GradientTransformation
+              ) -> optax.GradientTransformation:
+  """A transformation whose functions are ``Partial``s (a pytree of numbers).
+
+  Transformations from this module already are; any other (``optax.adam``'s
+  closures) is keyed on its functions' identities.
+  """
+  return optax.GradientTransformation(
+      unroll_lib.as_pytree_fn(transform.init),
+      unroll_lib.as_pytree_fn(transform.update))
+
+
+def chain(*transforms) -> optax.GradientTransformation:
+  """``optax.chain`` that keeps the numbers of its parts as pytree leaves."""
+  parts = tuple(as_pytree(t) for t in transforms)
+  return optax.GradientTransformation(Partial(_chain_init, parts),
+                                      Partial(_chain_update, parts))
+
+
+def sign_descent(step_sizes=None, bounds=None, *, decay: float = 0.5
+                 ) -> optax.GradientTransformation:
+  """The FDS outer optimiser: sign steps, halved on every sign flip, projected.
+
+  ``chain(scale_by_sign_descent(step_sizes, decay=decay), project(bounds))``.
+
+  Args:
+    step_sizes: see :func:`scale_by_sign_descent`.
+    bounds: see :func:`project`.
+    decay: see :func:`scale_by_sign_descent`.
+
+  Returns:
+    An optax ``GradientTransformation``: ``update(hypergrads, state, hparams)
+    -> (updates, state)``; apply with ``optax.apply_updates``.
 
   Example:
-    >>> opt = sign_descent()
-    >>> state = opt.init(hparams)
-    >>> hparams, state = opt.update(hypergrads, state, hparams)
+    >>> import jax.numpy as jnp, optax, hypergrad
+    >>> opt = hypergrad.sign_descent({'lr': 0.1})
+    >>> h = {'lr': jnp.array([0.5, 0.5])}
+    >>> u, state = opt.update({'lr': jnp.array([-1.0, 2.0])}, opt.init(h), h)
+    >>> optax.apply_updates(h, u)['lr'].tolist()
+    [0.6, 0.4]
   """
-  if not 0.0 < decay < 1.0:
-    raise ValueError(f'decay must be in (0, 1), got decay={decay}.')
-  sizes = {**DEFAULT_STEP_SIZES, **(step_sizes or {})}
-  for k, v in sizes.items():
-    if not v > 0:
-      raise ValueError(f'initial step size for {k!r} must be > 0, got {v}.')
-  all_bounds = {**DEFAULT_BOUNDS, **(bounds or {})}
-
-  def init(hparams: Mapping[str, PyTree]) -> SignDescentState:
-    per_kind = _per_kind(hparams, sizes, 'initial step size')
-    steps = jax.tree.map(lambda h, s: jnp.full(jnp.shape(h), s,
-                                               jnp.result_type(h)),
-                         dict(hparams), per_kind)
-    zeros = jax.tree.map(jnp.zeros_like, dict(hparams))
-    return SignDescentState(steps, zeros, jnp.zeros((), jnp.int32),
-                            jax.tree.map(lambda z: z != 0, zeros))
-
-  def update(hypergrads, state: SignDescentState, hparams):
-    sign = jax.tree.map(jnp.sign, dict(hypergrads))
-    steps = jax.tree.map(
-        lambda s, p, q: jnp.where(p * q < 0, s * decay, s).astype(s.dtype),
-        state.step_sizes, sign, state.prev_sign)
-    moved = jax.tree.map(lambda h, s, g: h - s * g, dict(hparams), steps, sign)
-    new = {k: jax.tree.map(
-        lambda h, b=all_bounds.get(k, (-math.inf, math.inf)): jnp.clip(
-            h, b[0], b[1]).astype(h.dtype), v) for k, v in moved.items()}
-    pinned = jax.tree.map(lambda a, b: a != b, moved, new)
-    return new, SignDescentState(steps, sign, state.count + 1, pinned)
-
-  return SignDescent(init, update)
+  return chain(scale_by_sign_descent(step_sizes, decay=decay),
+               project(bounds))
 
 
-def converged(state: SignDescentState, hparams, tol: float = 0.05) -> bool:
-  """Whether the search has settled.
+# ---------------------------------------------------------------------------
+# Meta optimisers of the greedy methods.
 
-  A value has settled when its step is below ``tol`` times its magnitude,
-  when it is pinned at a bound of its valid range (weight decay pushed below
-  0, say), or when its last hypergradient was exactly zero (a stationary
-  point). The search has converged when every value has settled; never
-  before the first update.
+
+def _direction_init(params):
+  del params
+  return optax.EmptyState()
+
+
+class _Direction(NamedTuple):
+  rule: str
+
+  def __call__(self, updates, state, params=None):
+    del params
+    if self.rule == 'sign':
+      updates = jax.tree.map(jnp.sign, updates)
+    elif self.rule == 'normalized':
+      def unit(g):
+        norm = jnp.sqrt(jnp.sum(g * g))
+        return g / jnp.maximum(norm, jnp.finfo(g.dtype).tiny)
+      updates = jax.tree.map(unit, updates)
+    return updates, state
+
+
+def _scale_init(params):
+  del params
+  return optax.EmptyState()
+
+
+def _scale_update(rates, updates, state, params=None):
+  del params
+  per_leaf = _per_kind(updates, rates, 'meta_lr')
+  return jax.tree.map(lambda g, r: (-r * g).astype(g.dtype), updates,
+                      per_leaf), state
+
+
+def scale_by_kind(rates) -> optax.GradientTransformation:
+  """``u = -rate * g`` with one rate, or one per hyperparameter name.
+
+  Raises:
+    ValueError: a rate that is not a finite number > 0; at construction. A
+      hyperparameter name with no rate; at ``update``.
   """
-  if int(state.count) == 0:
-    return False
+  rates = _check_rates(rates, 'meta_lr')
+  return optax.GradientTransformation(Partial(_scale_init),
+                                      Partial(_scale_update, rates))
+
+
+META_UPDATES = ('sgd', 'sign', 'normalized')
+
+
+def meta_optimizer(meta_lr=1e-3, meta_update: str = 'sgd', bounds=None
+                   ) -> optax.GradientTransformation:
+  """The greedy methods' meta step: a direction, a per-kind rate, a projection.
+
+  With hypergradient ``g`` of a leaf and its rate ``eta``:
+
+  * ``'sgd'``: ``h <- h - eta * g``;
+  * ``'sign'``: ``h <- h - eta * sign(g)`` (scale free: moves by ``eta``);
+  * ``'normalized'``: ``h <- h - eta * g / ||g||_2``, the norm per leaf;
+
+  then ``h <- clip(h, lo, hi)`` where ``bounds`` is given.
+
+  Args:
+    meta_lr: positive float, or a mapping name -> positive float (learning
+      rate and momentum live on very different scales).
+    meta_update: ``'sgd'``, ``'sign'`` or ``'normalized'``.
+    bounds: None (unbounded), ``(lo, hi)``, or a mapping name ->
+      ``(lo, hi)`` such as :data:`hypergrad.SGD_BOUNDS`.
+
+  Returns:
+    An optax ``GradientTransformation``.
+
+  Raises:
+    ValueError: a bad rate, rule or bound; at construction.
+  """
+  if meta_update not in META_UPDATES:
+    raise ValueError(f'meta_update must be one of {META_UPDATES}, got '
+                     f'meta_update={meta_update!r}.')
+  parts = [optax.GradientTransformation(Partial(_direction_init),
+                                        Partial(_Direction(meta_update))),
+           scale_by_kind(meta_lr)]
+  if bounds is not None:
+    parts.append(project(bounds))
+  return chain(*parts)
+
+
+# ---------------------------------------------------------------------------
+# Convergence.
+
+
+def _find(state, cls):
+  """Every ``cls`` instance inside a (chained) optimiser state."""
+  if isinstance(state, cls):
+    return [state]
+  if isinstance(state, (tuple, list)):
+    return [s for part in state for s in _find(part, cls)]
+  return []
+
+
+def settled(updates: PyTree, hparams: PyTree, opt_state, tol: float = 0.05,
+            hypergrads: PyTree | None = None) -> bool:
+  """Whether the last outer update says the search has converged.
+
+  A value has settled when the update moved it, by less than ``tol`` times
+  its magnitude (for sign descent: its step is that small), when its
+  hypergradient was exactly zero (a stationary point), or when it is pinned
+  at a bound of its valid range (weight decay pushed below 0, say).
+  Converged when every value has. An update of exactly zero with a non-zero
+  hypergradient (an optimiser warming up, as Rprop's first step) settles
+  nothing.
+
+  Args:
+    updates: the last update applied, like ``hparams``.
+    hparams: the values after it.
+    opt_state: the optimiser's state (a :class:`ProjectState` in it, if any,
+      says which values are pinned).
+    tol: fraction of each value.
+    hypergrads: the hypergradients behind the update (None: unknown).
+  """
+  pinned = [p.pinned for p in _find(opt_state, ProjectState)]
+  pinned = pinned[-1] if pinned else jax.tree.map(
+      lambda h: jnp.zeros(jnp.shape(h), bool), hparams)
+  if hypergrads is None:
+    hypergrads = jax.tree.map(jnp.ones_like, hparams)
   checks = jax.tree.map(
-      lambda s, h, p, g: bool(jnp.all((s < tol * jnp.abs(h)) | p | (g == 0))),
-      state.step_sizes, dict(hparams), state.pinned, state.prev_sign)
+      lambda u, h, p, g: bool(jnp.all(
+          ((u != 0) & (jnp.abs(u) < tol * jnp.abs(h))) | (g == 0) | p)),
+      updates, hparams, pinned, hypergrads)
   return all(jax.tree.leaves(checks))
-
-
-def back_off(state: SignDescentState, factor: float = 0.5) -> SignDescentState:
-  """Shrinks every step after a rejected outer step (a diverging inner run)."""
-  return state._replace(step_sizes=jax.tree.map(
-      lambda s: (s * factor).astype(s.dtype), state.step_sizes))

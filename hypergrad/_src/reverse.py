@@ -45,56 +45,78 @@ would each be the size of the state and cost a step each.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from typing import Any
 
 import jax
-import numpy as np
 
-from hypergrad._src import forward as forward_lib
+from hypergrad._src import estimator as estimator_lib
 from hypergrad._src import unroll as unroll_lib
+from hypergrad._src import validation
 
 PyTree = Any
 
 
-def validate_checkpoint_every(checkpoint_every):
-  """Checks ``checkpoint_every`` is None or an int >= 1; returns it."""
-  if checkpoint_every is None:
-    return None
-  if (isinstance(checkpoint_every, (bool, np.bool_))
-      or not isinstance(checkpoint_every, (int, np.integer))
-      or checkpoint_every < 1):
-    raise ValueError(
-        'checkpoint_every must be None or an int >= 1 (the number of inner '
-        f'steps per rematerialised block), got checkpoint_every='
-        f'{checkpoint_every!r}.')
-  return int(checkpoint_every)
+@dataclasses.dataclass(frozen=True)
+class Reverse(estimator_lib.Estimator):
+  """Reverse mode: backpropagation through the unroll.
+
+  Attributes:
+    checkpoint_every: None, or the block length ``c >= 1`` of the
+      rematerialised scan (about ``T / c + c`` stored steps).
+  """
+  checkpoint_every: int | None = None
+
+  def __post_init__(self):
+    object.__setattr__(self, 'checkpoint_every', validation.check_int(
+        self.checkpoint_every, 'checkpoint_every', allow_none=True))
+
+  def compute(self, step_fn, loss_fn, init_state, hparams, num_steps,
+              progress=None) -> estimator_lib.HypergradResult:
+    del progress  # The backward pass is one XLA op: no host callbacks.
+
+    def outer_loss(h):
+      info = unroll_lib.unroll(step_fn, init_state, h, num_steps,
+                               checkpoint_every=self.checkpoint_every,
+                               return_info=True)
+      return loss_fn(info.final_state), info
+
+    (loss, info), grads = jax.value_and_grad(outer_loss, has_aux=True)(hparams)
+    # A float32 loss of a float64 schedule (or vice versa) must not change the
+    # dtypes the outer optimiser sees.
+    grads = jax.tree.map(lambda g, h: g.astype(h.dtype), grads, hparams)
+    return estimator_lib.HypergradResult(loss, grads, info)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _reverse_hypergrad(num_steps, checkpoint_every, return_info, step_fn,
-                       loss_fn, init_state, hparams):
-  # Runs once per trace, i.e. once per compilation.
-  unroll_lib.check_step_fn(step_fn, loss_fn, init_state, hparams, num_steps)
+def reverse(checkpoint_every: int | None = None) -> Reverse:
+  """The reverse-mode estimator, as a value to pass around.
 
-  def outer_loss(h):
-    info = unroll_lib.unroll(step_fn, init_state, h, num_steps,
-                             checkpoint_every=checkpoint_every,
-                             return_info=True)
-    return loss_fn(info.final_state), info
+  Args:
+    checkpoint_every: None (store every step's residuals), or the block
+      length of rematerialisation; ``round(sqrt(T))`` gives ``O(sqrt(T))``
+      memory for one extra forward pass.
 
-  (loss, info), grads = jax.value_and_grad(outer_loss, has_aux=True)(hparams)
-  # A float32 loss of a float64 schedule (or vice versa) must not change the
-  # dtypes the outer optimiser sees.
-  grads = jax.tree.map(lambda g, h: g.astype(h.dtype), grads, hparams)
-  if return_info:
-    return loss, grads, info
-  return loss, grads
+  Returns:
+    A :class:`Reverse` estimator; call it like any
+    :class:`hypergrad.Estimator`.
+
+  Raises:
+    ValueError: ``checkpoint_every`` not None or an int >= 1.
+
+  Example:
+    >>> import jax.numpy as jnp, hypergrad
+    >>> step = lambda w, h, t: w - h['lr'] * 2.0 * (w - 3.0)
+    >>> result = hypergrad.reverse(checkpoint_every=10)(
+    ...     step, lambda w: (w - 3.0) ** 2, jnp.zeros(()),
+    ...     {'lr': jnp.full((2,), 0.1)}, num_steps=100)
+    >>> result.hypergrads['lr'].shape
+    (2,)
+  """
+  return Reverse(checkpoint_every)
 
 
 def reverse_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,
-                      checkpoint_every: int | None = None, *,
-                      return_info: bool = False):
+                      checkpoint_every: int | None = None):
   r"""Loss and hypergradient of ``loss_fn`` after a whole inner run, reverse mode.
 
   Same contract and return as :func:`hypergrad.forward_hypergrad`: runs
@@ -129,13 +151,11 @@ def reverse_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,
     num_steps: the horizon ``T``, a Python int.
     checkpoint_every: None, or the block length ``c >= 1`` of the
       rematerialised scan.
-    return_info: also return a :class:`hypergrad.UnrollInfo` (final state and
-      the first inner step whose state was non-finite, -1 if none).
 
   Returns:
     ``(loss, hypergrads)``: the scalar outer loss and ``d loss / d hparams``
-    with exactly the structure, shapes and dtypes of ``hparams``; with
-    ``return_info=True``, ``(loss, hypergrads, info)``.
+    with exactly the structure, shapes and dtypes of ``hparams``. The same
+    as ``hypergrad.reverse(checkpoint_every)(...)`` without the unroll info.
 
   Raises:
     ValueError, TypeError: bad ``num_steps``, schedule leaves,
@@ -151,10 +171,6 @@ def reverse_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,
     >>> g['lr'].shape
     (2,)
   """
-  checkpoint_every = validate_checkpoint_every(checkpoint_every)
-  init_state, hparams, num_steps = forward_lib.validate_common(
-      init_state, hparams, num_steps)
-  return _reverse_hypergrad(num_steps, checkpoint_every, bool(return_info),
-                            unroll_lib.as_pytree_fn(step_fn),
-                            unroll_lib.as_pytree_fn(loss_fn), init_state,
-                            hparams)
+  result = reverse(checkpoint_every)(step_fn, loss_fn, init_state, hparams,
+                                     num_steps)
+  return result.loss, result.hypergrads

@@ -20,7 +20,7 @@ the forward hypergradient of ``E(s_{(j+1)k})`` with respect to the schedule
 last window only (reset tangents).
 
 Cost: ``K`` tangents (one per scalar hyperparameter value) pushed through
-every step with ``jax.linearize`` + ``jax.vmap``, like ``forward_hypergrad``,
+every step by the tangent engine that ``forward_hypergrad`` uses,
 plus one validation gradient every ``k`` steps. Memory: ``K`` state-sized
 tangents, whatever the horizon.
 """
@@ -32,9 +32,12 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from hypergrad._src import online
+from hypergrad._src import tangents as tangents_lib
 from hypergrad._src import unroll as unroll_lib
+from hypergrad._src import validation
 
 PyTree = Any
 
@@ -56,87 +59,50 @@ class RTHOState(NamedTuple):
   hparams: PyTree
   hypergrad: PyTree
   tangents: list
+  meta_state: Any = ()
 
 
-def _basis(values):
-  """One-hot tangents of the values, leaf ``l``: ``(K, *leaf.shape)``."""
-  leaves, treedef = jax.tree.flatten(values)
-  sizes = [int(np.size(h)) for h in leaves]
-  total, offset, out = sum(sizes), 0, []
-  for h, size in zip(leaves, sizes):
-    b = np.zeros((total, size), dtype=h.dtype)
-    b[offset + np.arange(size), np.arange(size)] = 1
-    out.append(jnp.asarray(b.reshape((total,) + np.shape(h))))
-    offset += size
-  return jax.tree.unflatten(treedef, out)
-
-
-def contract(tangents, grads, values):
-  """``grad E . Z`` as a pytree like ``values``.
-
-  Each state leaf's contribution is cast to the hyperparameter's dtype before
-  summing, so mixed-precision states pass strict dtype promotion.
-  """
-  leaves, treedef = jax.tree.flatten(values)
-  out, offset = [], 0
-  for h in leaves:
-    size = int(np.size(h))
-    total = None
-    for z, g in zip(tangents, grads):
-      rows = z[offset:offset + size].reshape(size, -1)
-      term = (rows @ g.reshape(-1).astype(z.dtype)).astype(h.dtype)
-      total = term if total is None else total + term
-    out.append(total.reshape(np.shape(h)))
-    offset += size
-  return jax.tree.unflatten(treedef, out)
-
-
-def _init(cfg, step_fn, loss_fn, inner_state, hparams):
+def _init(meta_opt, step_fn, loss_fn, inner_state, hparams):
   values = online.initial_values(hparams, 'rtho')
   online.check_unroll(step_fn, loss_fn, inner_state, hparams)
-  online.per_leaf(cfg, values)
   k = sum(int(np.size(h)) for h in jax.tree.leaves(values))
-  diff = unroll_lib.split_state(inner_state).diff
-  tangents = [jnp.zeros((k,) + np.shape(x), jnp.result_type(x)) for x in diff]
+  tangents = tangents_lib.zeros(k, unroll_lib.split_state(inner_state).diff)
   return RTHOState(inner_state, values, jax.tree.map(jnp.zeros_like, values),
-                   tangents)
+                   tangents, online.meta_init(meta_opt, values))
 
 
-def _update(cfg, every, reset, step_fn, loss_fn, state: RTHOState, t):
+def _update(every, reset, meta_opt, step_fn, loss_fn, state: RTHOState, t):
   t = jnp.asarray(t, jnp.int32)
   split = unroll_lib.split_state(state.inner)
-  merge = lambda d, r: unroll_lib.merge_state(d, r, split.treedef, split.mask)
+  step, merge = tangents_lib.step_pieces(step_fn, split)
 
   def hyper_step(operand):
-    values, tangents, _ = operand
+    values, tangents, _, meta_state = operand
     grads = jax.grad(lambda d: loss_fn(merge(d, split.rest)))(split.diff)
-    g = contract(tangents, grads, values)
+    g = tangents_lib.contract(tangents, grads, values)
     if reset:
       tangents = [jnp.zeros_like(z) for z in tangents]
-    return online.meta_step(cfg, values, g), tangents, g
+    values, meta_state = online.meta_apply(meta_opt, meta_state, values, g)
+    return values, tangents, g, meta_state
 
   # Step 0 has nothing to learn from; after that, every `every` steps.
   due = (t > 0) & (t % every == 0)
-  values, tangents, hypergrad = jax.lax.cond(
+  values, tangents, hypergrad, meta_state = jax.lax.cond(
       due, hyper_step, lambda operand: operand,
-      (state.hparams, state.tangents, state.hypergrad))
+      (state.hparams, state.tangents, state.hypergrad, state.meta_state))
 
-  def step(diff, h):
-    out = unroll_lib.split_state(step_fn(merge(diff, split.rest), h, t))
-    return out.diff, out.rest
-
-  # Linearise once, apply to all K tangents: the primal step and its
-  # residuals are computed once per step, not once per tangent.
-  new_diff, lin, new_rest = jax.linearize(step, split.diff, values,
-                                          has_aux=True)
-  tangents = jax.vmap(lin)(tangents, _basis(values))
-  return RTHOState(merge(new_diff, new_rest), values, hypergrad,
-                   list(tangents))
+  new_diff, new_rest, tangents = tangents_lib.push(
+      step, split.diff, split.rest, values, t, tangents,
+      tangents_lib.basis(values))
+  return RTHOState(merge(new_diff, new_rest), values, hypergrad, tangents,
+                   meta_state)
 
 
 def rtho(step_fn: Callable, loss_fn: Callable, *, every: int = 10,
          meta_lr=1e-3, reset_tangents: bool = False,
-         meta_update: str = 'sgd', bounds=None) -> online.OnlineMethod:
+         meta_update: str = 'sgd', bounds=None,
+         meta_opt: optax.GradientTransformation | None = None
+         ) -> online.OnlineMethod:
   r"""Real-time HO: forward tangents online, a hyperparameter step every ``k``.
 
   At steps ``t = k, 2k, ...`` (before running step ``t``), the values move
@@ -157,6 +123,8 @@ def rtho(step_fn: Callable, loss_fn: Callable, *, every: int = 10,
     meta_update: ``'sgd'``, ``'sign'`` or ``'normalized'``.
     bounds: None, ``(lo, hi)``, or a mapping name -> ``(lo, hi)`` such as
       ``hypergrad.SGD_BOUNDS``.
+    meta_opt: any optax ``GradientTransformation`` instead of the one
+      :func:`hypergrad.meta_optimizer` builds from the three above.
 
   Returns:
     An :class:`OnlineMethod` with state :class:`RTHOState`.
@@ -171,9 +139,9 @@ def rtho(step_fn: Callable, loss_fn: Callable, *, every: int = 10,
     >>> final, sched = hypergrad.run_online(
     ...     method, state, {'lr': hypergrad.constant(0.05)}, 1000)
   """
-  every = online.validate_positive_int(every, 'every')
-  cfg = online.meta_config(meta_lr, meta_update, bounds)
+  every = validation.check_int(every, 'every')
+  meta_opt = online.meta_opt_from(meta_opt, meta_lr, meta_update, bounds)
   return online.make_method(
-      cfg, online.Static(_init, ()),
-      online.Static(_update, (every, bool(reset_tangents))),
+      online.Static(_init, ()),
+      online.Static(_update, (every, bool(reset_tangents))), meta_opt,
       (step_fn, loss_fn), every=every, every_arg='every')

@@ -174,7 +174,8 @@ def validate_hparams(hparams: PyTree, num_steps: int) -> PyTree:
 
   Raises:
     TypeError: a non-floating leaf, or a leaf that is not array-like.
-    ValueError: an empty pytree, a 0-d leaf, ``n == 0`` or ``n > num_steps``.
+    ValueError: an empty pytree, a 0-d leaf, ``n == 0``, ``n > num_steps``,
+      or a NaN or Inf value.
   """
   num_steps = validate_num_steps(num_steps)
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(hparams)
@@ -216,10 +217,21 @@ def validate_hparams(hparams: PyTree, num_steps: int) -> PyTree:
           f'hparams leaf {name}: n * num_steps = {n * num_steps} overflows '
           f'the int32 step arithmetic.')
     try:
-      arrays.append(jnp.asarray(leaf))
+      array = jnp.asarray(leaf)
     except (TypeError, ValueError) as e:  # e.g. a jax.ShapeDtypeStruct
       raise TypeError(f'hparams leaf {name} is not a concrete array: '
                       f'{type(leaf).__name__} ({e}).') from None
+    # A NaN or Inf value would only show as a NaN hypergradient after the
+    # whole unroll; values under a trace cannot be inspected and are left.
+    if not isinstance(array, jax.core.Tracer):
+      bad = ~np.isfinite(np.asarray(array))
+      if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f'hparams leaf {name} holds a non-finite value '
+            f'{np.asarray(array)[where]} at index {where}; every '
+            'hyperparameter value must be finite.')
+    arrays.append(array)
   return jax.tree.unflatten(treedef, arrays)
 
 

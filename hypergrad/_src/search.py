@@ -1,26 +1,37 @@
-"""The outer loop: full-horizon hypergradients driving sign-based outer steps.
+"""The outer loop: full-horizon hypergradients driving an outer optimiser.
 
 Each outer step computes one hypergradient over the whole horizon (any
-estimator), checks it is finite, and applies :func:`sign_descent`. A diverging
-inner run is never taken as a result: a NaN/Inf loss or hypergradient, or a
-finite validation loss that exploded (above ``divergence_factor`` times the
-loss at the initial hyperparameters: a run at momentum 0.999 can end at loss
-~1e3 without overflowing), rejects the step that led to it, which is halved
-back towards the last good values while every step size shrinks. The loop
-state is a small pytree, so the launch script checkpoints it after every
-outer step and a resumed run continues exactly where it stopped.
+estimator), checks the inner run behind it, and applies the outer optimiser:
+any optax ``GradientTransformation``, by default FDS's
+:func:`hypergrad.sign_descent`. A diverging inner run is never taken as a
+result: a NaN/Inf loss or hypergradient, a finite validation loss that
+exploded (above ``divergence_factor`` times the loss at the initial
+hyperparameters: a run at momentum 0.999 can end at loss ~1e3 without
+overflowing), or one that collapsed to chance level (at or above
+``collapse_loss``, e.g. ``ln(num_classes)`` for cross-entropy) rejects the step
+that led to it: the values go halfway back to the last accepted ones and every
+later update is halved.
+
+The loop keeps the best *evaluated and accepted* schedule (lowest validation
+loss): that, not the last values (which were never evaluated), is the result.
+The loop state is a small pytree, so the launch script checkpoints it after
+every outer step and a resumed run continues exactly where it stopped.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+from hypergrad._src import estimator as estimator_lib
 from hypergrad._src import outer
+from hypergrad._src import validation
 
 PyTree = Any
 HypergradFn = Callable[[PyTree, int], tuple[jax.Array, PyTree]]
@@ -34,25 +45,38 @@ class OuterState(NamedTuple):
   """Everything the outer loop needs to continue.
 
   Attributes:
-    hparams: the current schedule values (mapping of kind -> pytree).
-    last_good: the values of the last outer step whose inner run was finite.
-    opt: the :class:`SignDescentState`.
+    hparams: the schedule values to evaluate next (mapping kind -> pytree).
+    last_good: the values of the last outer step whose inner run was
+      accepted.
+    opt_state: the outer optimiser's state.
     step: number of outer steps taken (accepted or rejected).
     converged: whether the convergence test has passed.
     initial_loss: validation loss at the initial hyperparameters (``nan``
       before the first step), the scale that tells an exploded loss.
+    update_scale: factor on every update, halved by each rejected step.
+    best_hparams: the accepted evaluated values with the lowest validation
+      loss so far (the initial values before any step).
+    best_loss: their validation loss (``inf`` before any accepted step).
+    best_step: the outer step that evaluated them (-1: none yet).
   """
   hparams: PyTree
   last_good: PyTree
-  opt: outer.SignDescentState
+  opt_state: Any
   step: int
   converged: bool
   initial_loss: float = float('nan')
+  update_scale: float = 1.0
+  best_hparams: PyTree = None
+  best_loss: float = float('inf')
+  best_step: int = -1
 
 
-def init(hparams: Mapping[str, PyTree], opt: outer.SignDescent) -> OuterState:
+def init(hparams: Mapping[str, PyTree],
+         opt: optax.GradientTransformation) -> OuterState:
+  """The loop state at the initial values ``hparams``."""
   hparams = {k: jax.tree.map(jnp.asarray, v) for k, v in hparams.items()}
-  return OuterState(hparams, hparams, opt.init(hparams), 0, False)
+  return OuterState(hparams, hparams, opt.init(hparams), 0, False,
+                    best_hparams=hparams)
 
 
 def _all_finite(tree) -> bool:
@@ -84,68 +108,131 @@ def exploded(loss: float, initial_loss: float,
           and loss > divergence_factor * initial_loss)
 
 
-def step(hypergrad_fn: HypergradFn, opt: outer.SignDescent, state: OuterState,
-         *, tol: float = 0.05, divergence_factor: float | None = 10.0
-         ) -> tuple[OuterState, dict]:
+def _check_collapse(collapse_loss) -> None:
+  if collapse_loss is not None and not (
+      isinstance(collapse_loss, (int, float, np.floating))
+      and not isinstance(collapse_loss, bool) and math.isfinite(collapse_loss)):
+    raise ValueError('collapse_loss must be a finite number or None, got '
+                     f'collapse_loss={collapse_loss!r}.')
+
+
+def _effective_step_sizes(state: OuterState):
+  """Sign descent's current steps times the update scale, if it has steps."""
+  # pylint: disable-next=protected-access
+  found = outer._find(state.opt_state, outer.SignDescentState)
+  if not found:
+    return None
+  return jax.tree.map(lambda s: s * state.update_scale, found[0].step_sizes)
+
+
+def step(hypergrad_fn: HypergradFn, opt: optax.GradientTransformation,
+         state: OuterState, *, tol: float = 0.05,
+         divergence_factor: float | None = 10.0,
+         collapse_loss: float | None = None) -> tuple[OuterState, dict]:
   """One outer step.
 
   Args:
-    hypergrad_fn: ``hypergrad_fn(hparams, outer_step) -> (val_loss,
-      hypergrads)``; the outer step index lets it re-draw the validation split
-      or the inner initialisation reproducibly.
-    opt: the outer optimiser, e.g. ``sign_descent()``.
+    hypergrad_fn: ``hypergrad_fn(hparams, outer_step)`` returning a
+      :class:`hypergrad.HypergradResult` (whose unroll info locates a
+      divergence) or a pair ``(val_loss, hypergrads)``; the outer step index
+      lets it re-draw the validation split or the inner initialisation
+      reproducibly.
+    opt: the outer optimiser, any optax ``GradientTransformation`` (e.g.
+      ``hypergrad.sign_descent()``, ``optax.adam(1e-2)``).
     state: the loop state.
-    tol: convergence tolerance (fraction of each value).
+    tol: convergence tolerance (fraction of each value; see
+      :func:`hypergrad.settled`).
     divergence_factor: a finite validation loss above this multiple of the
       loss at the initial hyperparameters is treated as divergence (the step
       is rejected); ``None`` rejects non-finite losses only.
+    collapse_loss: a finite validation loss at or above this is a collapse
+      to chance level and treated as divergence (about ``ln(num_classes)``
+      for a classifier's cross-entropy: a uniform predictor's loss); None:
+      off. A search whose initial values are already at or above it (a
+      learning rate of 0 trains nothing) has nothing to collapse from and
+      is judged without it.
 
   Returns:
     ``(new_state, record)`` where ``record`` holds the step's metrics:
-    ``outer_step``, ``val_loss``, ``accepted``, ``hypergrad_norm``,
-    ``hypergrads``, ``hparams`` (the values evaluated), ``step_sizes``,
-    ``seconds``.
+    ``outer_step``, ``val_loss``, ``accepted``, ``reason`` (why a step was
+    rejected, else ''), ``nonfinite_step`` (first non-finite inner step, -1
+    if none, None if unknown), ``hypergrad_norm``, ``hypergrads``,
+    ``hparams`` (the values evaluated), ``step_sizes`` (sign descent's, else
+    None), ``seconds``.
 
   Raises:
-    ValueError: ``divergence_factor`` not a number > 1 or None.
-    DivergenceError: the first step's inner run is not finite.
+    ValueError: ``divergence_factor`` not a number > 1 or None, or a bad
+      ``collapse_loss``.
+    DivergenceError: the first step's inner run diverged, naming the inner
+      step and the values.
   """
   _check_factor(divergence_factor)
+  _check_collapse(collapse_loss)
   start = time.perf_counter()
-  loss, grads = hypergrad_fn(state.hparams, state.step)
-  loss = jax.block_until_ready(loss)
+  out = hypergrad_fn(state.hparams, state.step)
+  if isinstance(out, estimator_lib.HypergradResult):
+    loss, grads, info = out
+    nonfinite_step = int(info.nonfinite_step)
+  else:
+    (loss, grads), nonfinite_step = out, None
+  loss = float(jax.block_until_ready(loss))
   record = {'outer_step': state.step, 'hparams': state.hparams,
-            'val_loss': float(loss), 'hypergrads': grads}
+            'val_loss': loss, 'hypergrads': grads,
+            'nonfinite_step': nonfinite_step}
   # The first step's loss (init leaves it nan) is the scale of "exploded".
   initial_loss = state.initial_loss
   if not np.isfinite(initial_loss):
-    initial_loss = record['val_loss']
-  if (bool(jnp.isfinite(loss)) and _all_finite(grads)
-      and not exploded(record['val_loss'], initial_loss, divergence_factor)):
-    hparams, opt_state = opt.update(grads, state.opt, state.hparams)
-    new = OuterState(hparams, state.hparams, opt_state, state.step + 1,
-                     outer.converged(opt_state, hparams, tol), initial_loss)
-    record.update(accepted=True, hypergrad_norm=_norm(grads))
+    initial_loss = loss
+  reason = ''
+  if not (math.isfinite(loss) and _all_finite(grads)):
+    reason = 'non-finite validation loss or hypergradient' + (
+        f' (inner run non-finite from inner step {nonfinite_step})'
+        if nonfinite_step is not None and nonfinite_step >= 0 else '')
+  elif exploded(loss, initial_loss, divergence_factor):
+    reason = (f'validation loss {loss:.4g} exploded (above '
+              f'{divergence_factor:g} x the first, {initial_loss:.4g})')
+  elif (collapse_loss is not None and loss >= collapse_loss
+        and initial_loss < collapse_loss):
+    reason = (f'validation loss {loss:.4g} at or above chance level '
+              f'({collapse_loss:.4g})')
+  if not reason:
+    updates, opt_state = opt.update(grads, state.opt_state, state.hparams)
+    updates = jax.tree.map(lambda u: (u * state.update_scale).astype(u.dtype),
+                           updates)
+    hparams = optax.apply_updates(state.hparams, updates)
+    better = loss < state.best_loss
+    new = state._replace(
+        hparams=hparams, last_good=state.hparams, opt_state=opt_state,
+        step=state.step + 1,
+        converged=outer.settled(updates, hparams, opt_state, tol, grads),
+        initial_loss=initial_loss,
+        best_hparams=state.hparams if better else state.best_hparams,
+        best_loss=loss if better else state.best_loss,
+        best_step=state.step if better else state.best_step)
+    record.update(accepted=True, reason='', hypergrad_norm=_norm(grads))
   else:
     if state.step == 0:
       raise DivergenceError(
-          f'the inner run diverged (validation loss {float(loss)}) at the '
-          f'initial hyperparameters {jax.tree.map(np.asarray, state.hparams)};'
-          ' start from smaller learning rates.')
+          f'the inner run diverged at the initial hyperparameters '
+          f'{jax.tree.map(lambda x: np.asarray(x).tolist(), state.hparams)}: '
+          f'{reason}; start from smaller learning rates.')
     # Go halfway back to the last values that trained, with smaller steps.
     hparams = jax.tree.map(lambda h, g: (g + 0.5 * (h - g)).astype(h.dtype),
                            state.hparams, state.last_good)
-    new = OuterState(hparams, state.last_good, outer.back_off(state.opt),
-                     state.step + 1, False, initial_loss)
-    record.update(accepted=False, hypergrad_norm=float('nan'))
-  record.update(step_sizes=new.opt.step_sizes,
+    new = state._replace(hparams=hparams, step=state.step + 1,
+                         converged=False, initial_loss=initial_loss,
+                         update_scale=state.update_scale * 0.5)
+    record.update(accepted=False, reason=reason, hypergrad_norm=float('nan'))
+  record.update(step_sizes=_effective_step_sizes(new),
                 seconds=time.perf_counter() - start)
   return new, record
 
 
 def run(hypergrad_fn: HypergradFn, hparams: Mapping[str, PyTree], *,
-        opt: outer.SignDescent | None = None, max_outer_steps: int = 10,
-        tol: float = 0.05, divergence_factor: float | None = 10.0,
+        opt: optax.GradientTransformation | None = None,
+        max_outer_steps: int = 10, tol: float = 0.05,
+        divergence_factor: float | None = 10.0,
+        collapse_loss: float | None = None,
         state: OuterState | None = None,
         callback: Callable[[OuterState, dict], None] | None = None
         ) -> tuple[OuterState, list[dict]]:
@@ -154,10 +241,12 @@ def run(hypergrad_fn: HypergradFn, hparams: Mapping[str, PyTree], *,
   Args:
     hypergrad_fn: see :func:`step`.
     hparams: initial schedule values (ignored when ``state`` is given).
-    opt: outer optimiser; default :func:`sign_descent` with the paper's steps.
+    opt: outer optimiser, any optax ``GradientTransformation``; default
+      :func:`hypergrad.sign_descent` with the paper's steps.
     max_outer_steps: bound on outer steps (counting rejected ones).
     tol: convergence tolerance.
     divergence_factor: see :func:`step`.
+    collapse_loss: see :func:`step`.
     state: a loop state to resume from.
     callback: called after every outer step with ``(state, record)``, e.g.
       to log and checkpoint.
@@ -166,18 +255,26 @@ def run(hypergrad_fn: HypergradFn, hparams: Mapping[str, PyTree], *,
     The final loop state and the list of records of the steps run here.
 
   Example:
-    >>> fn = lambda h, k: hypergrad.forward_hypergrad(step_fn, loss_fn, s0, h, T)
-    >>> state, records = run(fn, {'lr': constant(0.0, 7)}, max_outer_steps=10)
+    >>> import jax.numpy as jnp, hypergrad
+    >>> step = lambda w, h, t: w - h['lr'] * 5.0 * w   # GD on 2.5 w^2
+    >>> fn = lambda h, k: hypergrad.forward_hypergrad(
+    ...     step, lambda w: w ** 2, jnp.float32(1.0), h, 10)
+    >>> state, records = hypergrad.fds_search(
+    ...     fn, {'lr': hypergrad.constant(0.03, dtype=jnp.float32)},
+    ...     max_outer_steps=30)
+    >>> round(float(state.best_hparams['lr'][0]), 2)   # the best is 1 / 5
+    0.2
   """
-  if max_outer_steps < 1:
-    raise ValueError(f'max_outer_steps must be >= 1, got {max_outer_steps}.')
+  validation.check_int(max_outer_steps, 'max_outer_steps')
   _check_factor(divergence_factor)
+  _check_collapse(collapse_loss)
   opt = opt or outer.sign_descent()
   state = state if state is not None else init(hparams, opt)
   records = []
   while state.step < max_outer_steps and not state.converged:
     state, record = step(hypergrad_fn, opt, state, tol=tol,
-                         divergence_factor=divergence_factor)
+                         divergence_factor=divergence_factor,
+                         collapse_loss=collapse_loss)
     records.append(record)
     if callback is not None:
       callback(state, record)

@@ -10,8 +10,8 @@ only, all run with those values:
 and then the ``k`` real training steps run with the new values. This is the
 greedy scheme whose short-horizon bias Wu et al. (2018) analyse and which
 FDS contrasts with non-greedy hypergradients over the whole run. The
-look-ahead reuses :func:`hypergrad.forward_hypergrad` or
-:func:`hypergrad.reverse_hypergrad` on a ``k``-step horizon; the window start
+look-ahead is any full-horizon estimator value (``hypergrad.forward()``,
+``hypergrad.reverse(...)``) on a ``k``-step horizon; the window start
 ``t0`` rides in the look-ahead's state as a traced int32 leaf (the wrapped
 step calls ``step_fn(s, h, t0 + t)``), so one compiled look-ahead serves
 every window.
@@ -31,14 +31,14 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
+from hypergrad._src import estimator as estimator_lib
 from hypergrad._src import forward as forward_lib
 from hypergrad._src import online
-from hypergrad._src import reverse as reverse_lib
+from hypergrad._src import validation
 
 PyTree = Any
-
-ESTIMATORS = ('forward', 'reverse')
 
 
 class TruncatedState(NamedTuple):
@@ -54,6 +54,7 @@ class TruncatedState(NamedTuple):
   inner: PyTree
   hparams: PyTree
   hypergrad: PyTree
+  meta_state: Any = ()
 
 
 def _offset_step(step_fn, state, h, t):
@@ -65,16 +66,16 @@ def _offset_loss(loss_fn, state):
   return loss_fn(state[0])
 
 
-def _init(cfg, step_fn, loss_fn, inner_state, hparams):
+def _init(meta_opt, step_fn, loss_fn, inner_state, hparams):
   values = online.initial_values(hparams, 'truncated_greedy')
   online.check_unroll(step_fn, loss_fn, inner_state, hparams)
-  online.per_leaf(cfg, values)
   return TruncatedState(inner_state, values,
-                        jax.tree.map(jnp.zeros_like, values))
+                        jax.tree.map(jnp.zeros_like, values),
+                        online.meta_init(meta_opt, values))
 
 
-def _update(cfg, window, estimator, checkpoint_every, meta_steps, step_fn,
-            loss_fn, state: TruncatedState, t):
+def _update(window, estimator, meta_steps, meta_opt, step_fn, loss_fn,
+            state: TruncatedState, t):
   t = jnp.asarray(t, jnp.int32)
   # Partials of module-level functions: the same static identity on every
   # trace, so the look-ahead estimator's compilation cache is reused.
@@ -84,34 +85,32 @@ def _update(cfg, window, estimator, checkpoint_every, meta_steps, step_fn,
   def hypergradient(values):
     sched = jax.tree.map(lambda h: h[None], values)
     start = (state.inner, t)
-    if estimator == 'forward':
-      _, g = forward_lib.forward_hypergrad(window_step, window_loss, start,
-                                           sched, window)
-    else:
-      _, g = reverse_lib.reverse_hypergrad(
-          window_step, window_loss, start, sched, window,
-          checkpoint_every=checkpoint_every)
+    g = estimator.compute(window_step, window_loss, start, sched,
+                          window).hypergrads
     return jax.tree.map(lambda x: x[0], g)
 
   def look_ahead(operand):
     def meta(_, carry):
-      values, _ = carry
+      values, _, meta_state = carry
       g = hypergradient(values)
-      return online.meta_step(cfg, values, g), g
+      values, meta_state = online.meta_apply(meta_opt, meta_state, values, g)
+      return values, g, meta_state
     return jax.lax.fori_loop(0, meta_steps, meta, operand)
 
-  values, hypergrad = jax.lax.cond(
+  values, hypergrad, meta_state = jax.lax.cond(
       t % window == 0, look_ahead, lambda operand: operand,
-      (state.hparams, state.hypergrad))
-  return TruncatedState(step_fn(state.inner, values, t), values, hypergrad)
+      (state.hparams, state.hypergrad, state.meta_state))
+  return TruncatedState(step_fn(state.inner, values, t), values, hypergrad,
+                        meta_state)
 
 
 def truncated_greedy(step_fn: Callable, loss_fn: Callable, *, window: int,
-                     meta_lr=1e-3, estimator: str = 'forward',
-                     meta_steps: int = 1,
-                     checkpoint_every: int | None = None,
-                     meta_update: str = 'sgd',
-                     bounds=None) -> online.OnlineMethod:
+                     meta_lr=1e-3,
+                     estimator: estimator_lib.Estimator | None = None,
+                     meta_steps: int = 1, meta_update: str = 'sgd',
+                     bounds=None,
+                     meta_opt: optax.GradientTransformation | None = None
+                     ) -> online.OnlineMethod:
   r"""Truncated greedy: look ``window`` steps ahead, step the values, train.
 
   At steps ``t = 0, k, 2k, ...`` (``k = window``), before running step ``t``:
@@ -125,46 +124,41 @@ def truncated_greedy(step_fn: Callable, loss_fn: Callable, *, window: int,
     window: ``k``, the look-ahead horizon and the steps between updates;
       ``run_online`` refuses ``k`` longer than the run.
     meta_lr: positive float or mapping name -> positive float.
-    estimator: ``'forward'`` (``forward_hypergrad``: memory flat in ``k``,
-      cost growing with the number of values) or ``'reverse'``
-      (``reverse_hypergrad``: cost flat in the number of values, memory
-      growing with ``k`` unless ``checkpoint_every`` is set).
+    estimator: the look-ahead's estimator value: ``hypergrad.forward()``
+      (default; memory flat in ``k``, cost growing with the number of
+      values) or ``hypergrad.reverse(checkpoint_every=...)`` (cost flat in
+      the number of values, memory growing with ``k`` unless
+      rematerialised).
     meta_steps: hyperparameter steps per window (each re-runs the look-ahead
       from the same state with the updated values).
-    checkpoint_every: for ``estimator='reverse'``, its rematerialisation
-      block length (None: store every step).
     meta_update: ``'sgd'``, ``'sign'`` or ``'normalized'``.
     bounds: None, ``(lo, hi)``, or a mapping name -> ``(lo, hi)`` such as
       ``hypergrad.SGD_BOUNDS``.
+    meta_opt: any optax ``GradientTransformation`` instead of the one
+      :func:`hypergrad.meta_optimizer` builds from the three above.
 
   Returns:
     An :class:`OnlineMethod` with state :class:`TruncatedState`.
 
   Raises:
     ValueError: ``window < 1``, ``meta_steps < 1``, an unknown
-      ``estimator`` or ``meta_update``, a non-positive ``meta_lr``, bad
-      ``checkpoint_every`` or ``bounds``; at construction.
+      ``meta_update``, a non-positive ``meta_lr`` or bad ``bounds``; at
+      construction.
+    TypeError: ``estimator`` not an estimator value.
 
   Example:
     >>> method = hypergrad.truncated_greedy(step_fn, loss_fn, window=100,
     ...                                     meta_lr=1e-2,
-    ...                                     estimator='reverse')
+    ...                                     estimator=hypergrad.reverse())
     >>> final, sched = hypergrad.run_online(
     ...     method, state, {'lr': hypergrad.constant(0.05)}, 1000)
   """
-  window = online.validate_positive_int(window, 'window')
-  meta_steps = online.validate_positive_int(meta_steps, 'meta_steps')
-  if estimator not in ESTIMATORS:
-    raise ValueError(f'estimator must be one of {ESTIMATORS}, got '
-                     f'estimator={estimator!r}.')
-  checkpoint_every = reverse_lib.validate_checkpoint_every(checkpoint_every)
-  if checkpoint_every is not None and estimator != 'reverse':
-    raise ValueError(
-        f'checkpoint_every={checkpoint_every} only applies to '
-        f"estimator='reverse', got estimator={estimator!r}.")
-  cfg = online.meta_config(meta_lr, meta_update, bounds)
+  window = validation.check_int(window, 'window')
+  meta_steps = validation.check_int(meta_steps, 'meta_steps')
+  estimator = estimator_lib.check_estimator(
+      forward_lib.forward() if estimator is None else estimator)
+  meta_opt = online.meta_opt_from(meta_opt, meta_lr, meta_update, bounds)
   return online.make_method(
-      cfg, online.Static(_init, ()),
-      online.Static(_update, (window, estimator, checkpoint_every,
-                              meta_steps)),
+      online.Static(_init, ()),
+      online.Static(_update, (window, estimator, meta_steps)), meta_opt,
       (step_fn, loss_fn), every=window, every_arg='window')

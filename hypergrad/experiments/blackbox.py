@@ -42,7 +42,7 @@ trials are optuna's random sampler), so they differ by what they do next, not
 by luck of the first draws.
 
 Example:
-  >>> task = hypergrad.make_task('digits_mlp')
+  >>> task = hypergrad.experiments.make_task('digits_mlp')
   >>> step_fn, loss_fn, state = task.problem()
   >>> result = blackbox_search(step_fn, loss_fn, state, 500,
   ...                          budget=20 * 500, method='tpe')
@@ -54,27 +54,24 @@ from __future__ import annotations
 import functools
 import math
 import time
-import types
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optuna
 
+from hypergrad._src import extras
+from hypergrad._src import registry
 from hypergrad._src import schedule
 from hypergrad._src import unroll as unroll_lib
+from hypergrad._src import validation
 
 PyTree = Any
 
 METHODS = ('random', 'tpe', 'hyperband')
 
 # FDS's hyperparameters, ranges covering what its outer loop reaches from 0.
-SEARCH_SPACE = types.MappingProxyType({
-    'lr': (1e-3, 1.0, True),
-    'momentum': (0.0, 0.99, False),
-    'weight_decay': (1e-5, 1e-2, True),
-})
+SEARCH_SPACE = registry.SGD.search_space
 
 
 class TrialRecord(NamedTuple):
@@ -122,12 +119,11 @@ class BlackBoxResult(NamedTuple):
   study: Any
 
 
-def _check_int(value, name: str, minimum: int = 1) -> int:
-  if isinstance(value, (bool, np.bool_)) or not isinstance(
-      value, (int, np.integer)) or value < minimum:
-    raise ValueError(f'{name} must be an int >= {minimum}, got '
-                     f'{name}={value!r}.')
-  return int(value)
+def _optuna():
+  """optuna, imported on first use: the baselines extra is optional."""
+  extras.require('baselines', 'optuna')
+  import optuna  # pylint: disable=g-import-not-at-top
+  return optuna
 
 
 def validate_space(space: Mapping[str, tuple], intervals: Mapping[str, int],
@@ -161,7 +157,7 @@ def validate_space(space: Mapping[str, tuple], intervals: Mapping[str, int],
                      f'in the search space {sorted(out)}.')
   counts = {}
   for kind in out:
-    n = _check_int(intervals.get(kind, 1), f'intervals[{kind!r}]')
+    n = validation.check_int(intervals.get(kind, 1), f'intervals[{kind!r}]')
     if n > num_steps:
       raise ValueError(f'intervals[{kind!r}]={n} exceeds num_steps='
                        f'{num_steps}.')
@@ -212,6 +208,7 @@ def _loss(loss_fn, state):
 
 
 def _sampler(method: str, seed: int):
+  optuna = _optuna()
   if method == 'tpe':
     return optuna.samplers.TPESampler(seed=seed)
   # Hyperband is random sampling plus early stopping (Li et al. 2018).
@@ -283,20 +280,22 @@ def blackbox_search(step_fn: Callable, loss_fn: Callable, init_state: PyTree,
     raise ValueError(f'unknown method {method!r}; known: '
                      f'{", ".join(METHODS)}.')
   num_steps = schedule.validate_num_steps(num_steps)
-  budget = _check_int(budget, 'budget')
+  budget = validation.check_int(budget, 'budget')
   if budget < num_steps:
     raise ValueError(f'budget={budget} inner steps cannot pay for one trial '
                      f'of num_steps={num_steps}.')
-  seed = _check_int(seed, 'seed', minimum=0)
+  seed = validation.check_int(seed, 'seed', minimum=0)
   space, counts = validate_space(SEARCH_SPACE if space is None else space,
                                  intervals or {}, num_steps)
   num_chunks = 1
   if method == 'hyperband':
-    num_chunks = _check_int(hyperband_reports, 'hyperband_reports', 2)
+    num_chunks = validation.check_int(hyperband_reports,
+                                      'hyperband_reports', minimum=2)
     if num_chunks > num_steps:
       raise ValueError(f'hyperband_reports={num_chunks} exceeds num_steps='
                        f'{num_steps}.')
-    reduction_factor = _check_int(reduction_factor, 'reduction_factor', 2)
+    reduction_factor = validation.check_int(reduction_factor,
+                                            'reduction_factor', minimum=2)
   for name, value in (('storage', storage), ('study_name', study_name)):
     if value is not None and (not isinstance(value, str) or not value):
       raise ValueError(f'{name} must be a non-empty string or None, got '
@@ -308,6 +307,7 @@ def blackbox_search(step_fn: Callable, loss_fn: Callable, init_state: PyTree,
   make_state = init_state if callable(init_state) else (lambda _: init_state)
 
   # optuna logs every trial at INFO; the callback is this search's report.
+  optuna = _optuna()
   verbosity = optuna.logging.get_verbosity()
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   try:
@@ -321,6 +321,7 @@ def blackbox_search(step_fn: Callable, loss_fn: Callable, init_state: PyTree,
 def _search(step_fn, loss_fn, make_state, num_steps, budget, method, seed,
             space, counts, num_chunks, reduction_factor, dtype, callback,
             storage, study_name):
+  optuna = _optuna()
   pruner = (optuna.pruners.HyperbandPruner(
       min_resource=1, max_resource=num_chunks,
       reduction_factor=reduction_factor) if method == 'hyperband'

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -24,9 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hypergrad._src import data as data_lib
+from hypergrad.experiments import data as data_lib
 from hypergrad._src import inner
-from hypergrad._src import models as models_lib
+from hypergrad._src import registry
+from hypergrad.experiments import models as models_lib
 from hypergrad._src import schedule
 from hypergrad._src import unroll as unroll_lib
 
@@ -53,8 +55,7 @@ class TaskSpec:
   model_kwargs: tuple = ()
   batch_size: int = 128
   augment: bool = False
-  default_hparams: tuple = (('lr', 0.1), ('momentum', 0.9),
-                            ('weight_decay', 5e-4))
+  default_hparams: tuple = tuple(registry.SGD.defaults.items())
   horizon: int = 1000
   val_fraction: float = 0.05
 
@@ -62,7 +63,7 @@ class TaskSpec:
 TASKS = {
     'mnist1d_mlp': TaskSpec('mnist1d', 'mlp',
                             (('widths', (128, 128)), ('activation', 'relu')),
-                            batch_size=128, horizon=1500),
+                            batch_size=128, horizon=1000),
     'digits_mlp': TaskSpec('digits', 'mlp',
                            (('widths', (128,)), ('activation', 'tanh')),
                            batch_size=64, horizon=500, val_fraction=0.1),
@@ -170,6 +171,9 @@ class Task:
     self.spec = spec
     self.dataset = dataset
     self.dtype = jnp.dtype(dtype)
+    # A uniform predictor's cross-entropy: a trained network at or above it
+    # has collapsed to chance level.
+    self.chance_loss = math.log(dataset.num_classes)
     self.model = models_lib.make_model(spec.model, dataset.num_classes,
                                        **dict(spec.model_kwargs))
     x_pool, y_pool = data_lib.pooled_train(dataset)

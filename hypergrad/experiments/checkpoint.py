@@ -22,10 +22,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
-from hypergrad._src import outer
+from hypergrad._src import extras
 from hypergrad._src import search
+
+extras.require('launch', 'orbax')
+import orbax.checkpoint as ocp  # noqa: E402
 
 PyTree = Any
 
@@ -35,20 +37,30 @@ class CheckpointError(RuntimeError):
 
 
 def _to_tree(state: search.OuterState) -> dict:
+  # Any optax state: its leaves by position; the template's structure puts
+  # them back. Nothing is pickled.
+  opt_leaves = jax.tree.leaves(state.opt_state)
   return {'hparams': state.hparams, 'last_good': state.last_good,
-          'opt': state.opt._asdict(),
+          'best_hparams': state.best_hparams,
+          'opt_leaves': {f'{i:04d}': leaf for i, leaf in enumerate(opt_leaves)},
           'step': np.asarray(state.step, np.int64),
           'converged': np.asarray(state.converged, np.bool_),
-          'initial_loss': np.asarray(state.initial_loss, np.float64)}
+          'initial_loss': np.asarray(state.initial_loss, np.float64),
+          'update_scale': np.asarray(state.update_scale, np.float64),
+          'best_loss': np.asarray(state.best_loss, np.float64),
+          'best_step': np.asarray(state.best_step, np.int64)}
 
 
-def _from_tree(tree: dict) -> search.OuterState:
-  opt = outer.SignDescentState(**tree['opt'])
+def _from_tree(tree: dict, template: search.OuterState) -> search.OuterState:
   as_jax = lambda t: jax.tree.map(jnp.asarray, t)
-  return search.OuterState(as_jax(tree['hparams']), as_jax(tree['last_good']),
-                           as_jax(opt), int(tree['step']),
-                           bool(tree['converged']),
-                           float(tree['initial_loss']))
+  leaves = [tree['opt_leaves'][k] for k in sorted(tree['opt_leaves'])]
+  opt_state = jax.tree.unflatten(jax.tree.structure(template.opt_state),
+                                 [jnp.asarray(x) for x in leaves])
+  return search.OuterState(
+      as_jax(tree['hparams']), as_jax(tree['last_good']), opt_state,
+      int(tree['step']), bool(tree['converged']), float(tree['initial_loss']),
+      float(tree['update_scale']), as_jax(tree['best_hparams']),
+      float(tree['best_loss']), int(tree['best_step']))
 
 
 def jsonable(tree: PyTree) -> PyTree:
@@ -85,20 +97,29 @@ class OuterCheckpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, state: search.OuterState, records: list[dict]) -> None:
+  def save(self, state: search.OuterState, records: list[dict],
+           meta: dict | None = None) -> None:
+    """Saves the loop state, the records so far and ``meta`` (e.g. the config).
+
+    ``meta`` is covered by the records' SHA-256 digest too.
+    """
     records = jsonable(records)
+    meta = jsonable(meta or {})
     self._manager.save(
         state.step,
         args=ocp.args.Composite(
             state=ocp.args.StandardSave(_to_tree(state)),
-            records=ocp.args.JsonSave({'records': records,
-                                       'sha256': _digest(records)})),
+            records=ocp.args.JsonSave({'records': records, 'meta': meta,
+                                       'sha256': _digest([records, meta])})),
         force=True)
     self._manager.wait_until_finished()
 
-  def restore_latest(self, template: search.OuterState
-                     ) -> tuple[search.OuterState, list[dict]] | None:
+  def restore_latest(self, template: search.OuterState, *,
+                     with_meta: bool = False):
     """The latest checkpoint, or None when there is none.
+
+    Returns ``(state, records)``, or ``(state, records, meta)`` with
+    ``with_meta=True``.
 
     Args:
       template: a state of the same structure (e.g. ``search.init(...)``),
@@ -126,9 +147,10 @@ class OuterCheckpointer:
       if 'sha256' not in restored['records']:
         raise ValueError('the records carry no SHA-256 digest (corrupted, or '
                          'written by an older hypergrad)')
-      if restored['records']['sha256'] != _digest(records):
+      meta = restored['records'].get('meta', {})
+      if restored['records']['sha256'] != _digest([records, meta]):
         raise ValueError('the records do not match their SHA-256 digest')
-      state = _from_tree(tree)
+      state = _from_tree(tree, template)
     except Exception as e:  # orbax raises many kinds; all mean "unusable".
       detail = str(e) if len(str(e)) < 300 else str(e)[:300] + '...'
       raise CheckpointError(
@@ -139,7 +161,7 @@ class OuterCheckpointer:
       raise CheckpointError(
           f'checkpoint {folder} is inconsistent: it holds outer step '
           f'{state.step} and {len(records)} records. {advice}')
-    return state, records
+    return (state, records, meta) if with_meta else (state, records)
 
   def close(self) -> None:
     self._manager.close()

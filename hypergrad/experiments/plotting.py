@@ -6,8 +6,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from hypergrad._src import extras
+
 
 def _pyplot():
+  extras.require('launch', 'matplotlib')
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top

@@ -1,0 +1,3 @@
+"""The version of the package: the one source setup.cfg and the docs read."""
+
+__version__ = '0.2.0'

@@ -1,0 +1,94 @@
+"""The FDS outer problem of a task, shared by the launch script and the benchmarks.
+
+FDS (Micaelli & Storkey 2021) evaluates every outer step on a fresh problem:
+the validation split (5% of the training set) is re-drawn and the network is
+re-initialised, so the schedule is not fitted to one split or one
+initialisation. :func:`make_hypergrad_fn` builds that ``hypergrad_fn(hparams,
+outer_step)`` for :func:`hypergrad.fds_search` from a task and an estimator
+value; :func:`estimator_from_config` is the one place where a command-line
+name (``forward``/``reverse``) becomes an estimator value.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import hypergrad
+from hypergrad._src import schedule
+from hypergrad.experiments import tasks as tasks_lib
+
+# Outer-step seeds: distinct per run seed and outer step, reproducible.
+SEED_STRIDE = 1000
+
+ESTIMATOR_NAMES = ('forward', 'reverse')
+
+
+def outer_seed(seed: int, outer_step: int) -> int:
+  """The seed of outer step ``outer_step`` of a run with seed ``seed``."""
+  return seed * SEED_STRIDE + outer_step
+
+
+def estimator_from_config(config) -> hypergrad.Estimator:
+  """The estimator value named by a launch config.
+
+  Fields: ``estimator`` (``'forward'`` or ``'reverse'``), ``chunk_size``
+  (forward; 0: all tangents at once), ``checkpoint_every`` (reverse; 0: no
+  rematerialisation).
+
+  Raises:
+    ValueError: an unknown name.
+  """
+  if config.estimator == 'forward':
+    return hypergrad.forward(config.chunk_size or None)
+  if config.estimator == 'reverse':
+    return hypergrad.reverse(config.checkpoint_every or None)
+  raise ValueError(f'unknown estimator {config.estimator!r}; known: '
+                   f'{", ".join(ESTIMATOR_NAMES)}.')
+
+
+def initial_hparams(task: tasks_lib.Task, init: Mapping[str, float],
+                    intervals: Mapping[str, int]) -> dict:
+  """Constant schedules of ``intervals[k]`` pieces at ``init[k]``, per kind."""
+  return {k: schedule.constant(v, intervals.get(k, 1), task.dtype)
+          for k, v in init.items()}
+
+
+def make_hypergrad_fn(
+    task: tasks_lib.Task, estimator: hypergrad.Estimator, horizon: int, *,
+    seed: int, redraw_val: bool = True, fresh_init: bool = True,
+    progress: hypergrad.Progress | None = None,
+    on_result: Callable[[hypergrad.HypergradResult, Any], None] | None = None
+) -> Callable[[Any, int], hypergrad.HypergradResult]:
+  """FDS's ``hypergrad_fn(hparams, outer_step) -> HypergradResult`` for a task.
+
+  Args:
+    task: the task.
+    estimator: any estimator value (``hypergrad.forward()``, ...).
+    horizon: inner steps per hypergradient.
+    seed: the run's seed; outer step ``k`` uses ``outer_seed(seed, k)``.
+    redraw_val: re-draw the validation split at every outer step (FDS).
+    fresh_init: re-initialise the network at every outer step (FDS).
+    progress: host progress callback for the inner run.
+    on_result: called with ``(result, split)`` after each hypergradient,
+      e.g. to evaluate the trained network on that step's validation split.
+
+  Returns:
+    The function :func:`hypergrad.fds_search` takes; the same compiled
+    program serves every outer step (new splits and initialisations are
+    arguments).
+  """
+  if not isinstance(estimator, hypergrad.Estimator):
+    raise TypeError(f'estimator must be an estimator value, got '
+                    f'{estimator!r}.')
+
+  def fn(hparams, outer_step: int) -> hypergrad.HypergradResult:
+    s = outer_seed(seed, outer_step)
+    split = task.split(s) if redraw_val else task.default_split()
+    state = task.init_state(s if fresh_init else seed)
+    result = estimator(task.step_fn(split), task.loss_fn(split), state,
+                       hparams, horizon, progress=progress)
+    if on_result is not None:
+      on_result(result, split)
+    return result
+
+  return fn

@@ -1,0 +1,121 @@
+"""Ownership of a run's output folder: one process at a time, nothing overwritten.
+
+:class:`WorkdirLock` holds an exclusive ``flock`` on ``<workdir>/.lock`` for
+the life of a run. The kernel releases it when the process dies, however it
+dies (a SIGKILL included), so a lock is never stale; a second process is
+refused at once with the holder's process id. :func:`prepare` decides what a
+run may do with a folder that already holds outputs: continue it (resume),
+start over (overwrite, which removes the old outputs first), or neither.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+
+# Everything a run writes; a folder holding any of these holds a run.
+OUTPUTS = ('config.json', 'metrics.csv', 'summary.json', 'schedules.png',
+           'validation.png', 'sign_agreement.png', 'checkpoints',
+           'tensorboard')
+LOCK_NAME = '.lock'
+
+
+class WorkdirError(RuntimeError):
+  """The workdir cannot be used as asked (busy, unwritable, holds a run)."""
+
+
+class WorkdirLock:
+  """An exclusive lock on a workdir, released when the process ends.
+
+  Example:
+    >>> with WorkdirLock('/tmp/run'):
+    ...   pass  # write outputs
+  """
+
+  def __init__(self, workdir: str):
+    self.workdir = os.path.abspath(workdir)
+    self._fd = None
+    self._created = False
+
+  def acquire(self) -> 'WorkdirLock':
+    self._created = not os.path.exists(self.workdir)
+    try:
+      os.makedirs(self.workdir, exist_ok=True)
+      fd = os.open(os.path.join(self.workdir, LOCK_NAME),
+                   os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise WorkdirError(f'cannot use workdir {self.workdir}: '
+                         f'{e.strerror or e}.') from None
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      holder = os.read(fd, 64).decode(errors='replace').strip() or 'unknown'
+      os.close(fd)
+      if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        raise WorkdirError(
+            f'workdir {self.workdir} is in use by another run (process '
+            f'{holder}); wait for it to finish or choose another '
+            '--workdir.') from None
+      raise WorkdirError(f'cannot lock workdir {self.workdir}: '
+                         f'{e.strerror or e}.') from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    self._fd = fd
+    return self
+
+  def release(self) -> None:
+    """Unlocks; a folder this lock created and nothing else used goes too."""
+    if self._fd is None:
+      return
+    lock_path = os.path.join(self.workdir, LOCK_NAME)
+    if self._created and os.listdir(self.workdir) == [LOCK_NAME]:
+      os.remove(lock_path)
+      os.rmdir(self.workdir)
+    fcntl.flock(self._fd, fcntl.LOCK_UN)
+    os.close(self._fd)
+    self._fd = None
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+def existing_outputs(workdir: str) -> list[str]:
+  """The run outputs present in ``workdir`` (empty if none or no folder)."""
+  return [n for n in OUTPUTS if os.path.exists(os.path.join(workdir, n))]
+
+
+def prepare(workdir: str, *, resume: bool, overwrite: bool) -> None:
+  """Checks what a new run may do with ``workdir``; clears it for overwrite.
+
+  Call with the workdir locked.
+
+  Raises:
+    WorkdirError: ``resume`` and ``overwrite`` together; ``resume`` where no
+      run was checkpointed; a folder holding a run without either flag.
+  """
+  if resume and overwrite:
+    raise WorkdirError('--resume and --overwrite exclude each other.')
+  found = existing_outputs(workdir)
+  if resume:
+    if 'checkpoints' not in found or not any(
+        n.isdigit() for n in os.listdir(os.path.join(workdir, 'checkpoints'))):
+      raise WorkdirError(
+          f'--resume: {os.path.abspath(workdir)} holds no checkpointed run '
+          'to resume (check the --workdir path).')
+    return
+  if found and not overwrite:
+    raise WorkdirError(
+        f'{os.path.abspath(workdir)} already holds a run ({", ".join(found)});'
+        ' pass --resume to continue it, --overwrite to start over, or choose '
+        'another --workdir.')
+  for name in found:
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    else:
+      os.remove(path)
