@@ -14,7 +14,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 # The main job: FDS on MNIST-1D (generated locally, no download).
 run: $(VENV)/.installed
-	$(PY) -m launch.fds --task mnist1d_mlp
+	$(PY) -m launch.fds
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2

@@ -16,16 +16,24 @@ only parses flags. Config fields (see ``launch/configs/base.py``):
   ``checkpoint_every``: their memory knobs.
 * ``redraw_val``, ``fresh_init``: per-outer-step validation split and inner
   initialisation.
+* ``retrain_inits``: initialisations the learned and the default schedules
+  are retrained from (paired: the same ones for both); test accuracies are
+  their means (0: 3).
+
+The result is the best schedule the search evaluated and accepted (lowest
+validation loss), never values it did not evaluate; the last values are
+reported beside it. A run that never improves on the initial schedule
+reports the initial schedule, with a warning.
 
 Outputs in ``workdir``: ``metrics.csv`` and TensorBoard events (one row per
 outer step), ``schedules.png``, ``validation.png``, ``checkpoints/`` (orbax,
 one per outer step; ``resume=True`` continues from the last) and
-``summary.json``.
+``summary.json``. The workdir is locked for the life of the run; a folder
+holding a run is only continued (``resume``) or replaced (``overwrite``).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -36,20 +44,21 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
-import tqdm
+from tqdm import auto as tqdm_auto
 
 import hypergrad
-from hypergrad._src import checkpoint as ckpt_lib
-from hypergrad._src import outer
-from hypergrad._src import plotting
+from hypergrad._src import registry
 from hypergrad._src import schedule
 from hypergrad._src import search
-from hypergrad._src import tasks as tasks_lib
+from hypergrad.experiments import checkpoint as ckpt_lib
+from hypergrad.experiments import fds as fds_lib
+from hypergrad.experiments import metrics as metrics_lib
+from hypergrad.experiments import plotting
+from hypergrad.experiments import tasks as tasks_lib
+from hypergrad.experiments import workdir as workdir_lib
 
-ESTIMATORS = ('forward', 'reverse')
-KINDS = ('lr', 'momentum', 'weight_decay')
-# Outer-step seeds: distinct per run seed and outer step, reproducible.
-_SEED_STRIDE = 1000
+KINDS = registry.SGD.names
+ESTIMATORS = fds_lib.ESTIMATOR_NAMES
 
 
 class ConfigError(ValueError):
@@ -85,7 +94,7 @@ def validate_config(config) -> list[str]:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
       raise ConfigError(f'{name} must be a positive integer, got {value!r}.')
   for name in ('retrain_steps', 'batch_size', 'chunk_size',
-               'checkpoint_every', 'progress_every'):
+               'checkpoint_every', 'progress_every', 'retrain_inits'):
     value = config[name]
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
       raise ConfigError(f'{name} must be an integer >= 0 (0: default), got '
@@ -94,9 +103,9 @@ def validate_config(config) -> list[str]:
   if (not isinstance(seed, int) or isinstance(seed, bool)
       or not 0 <= seed < 2**53):
     raise ConfigError(f'seed must be an integer in [0, 2**53), got {seed!r}.')
-  if config.estimator not in ESTIMATORS:
+  if config.estimator not in fds_lib.ESTIMATOR_NAMES:
     raise ConfigError(f'unknown estimator {config.estimator!r}; known: '
-                      f'{", ".join(ESTIMATORS)}.')
+                      f'{", ".join(fds_lib.ESTIMATOR_NAMES)}.')
   for name in ('val_fraction', 'tol'):
     if not _is_real(config[name]):
       raise ConfigError(f'{name} must be a number, got {config[name]!r}.')
@@ -153,53 +162,8 @@ def validate_config(config) -> list[str]:
   return kinds
 
 
-class _Metrics:
-  """CSV and TensorBoard rows, one per outer step; rewritten on resume."""
-
-  FIELDS = ('outer_step', 'accepted', 'val_loss', 'val_accuracy',
-            'nonfinite_step', 'hypergrad_norm', 'seconds', 'inner_steps',
-            'wall_time')
-
-  def __init__(self, workdir: str, records: list[dict]):
-    self.path = os.path.join(workdir, 'metrics.csv')
-    self._tb = None
-    try:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
-    except ImportError:
-      logging.warning('tensorboardX not installed: no TensorBoard events.')
-    with open(self.path, 'w', newline='') as f:
-      csv.writer(f).writerow(
-          list(self.FIELDS) + ['hparams', 'hypergrads', 'step_sizes'])
-    for r in records:
-      self.write(r, tensorboard=False)
-
-  def write(self, r: dict, tensorboard: bool = True) -> None:
-    row = [r.get(k, '') for k in self.FIELDS] + [
-        json.dumps(r['hparams']), json.dumps(r['hypergrads']),
-        json.dumps(r['step_sizes'])]
-    with open(self.path, 'a', newline='') as f:
-      csv.writer(f).writerow(row)
-    if self._tb is not None and tensorboard:
-      step = r['outer_step']
-      for k in ('val_loss', 'val_accuracy', 'hypergrad_norm', 'seconds'):
-        if isinstance(r.get(k), (int, float)) and math.isfinite(r[k]):
-          self._tb.add_scalar(k, r[k], step)
-      for kind, values in r['hparams'].items():
-        for i, v in enumerate(np.ravel(values)):
-          self._tb.add_scalar(f'hparams/{kind}/{i}', v, step)
-      for kind, values in r['hypergrads'].items():
-        for i, v in enumerate(np.ravel(values)):
-          self._tb.add_scalar(f'hypergrad_sign/{kind}/{i}', np.sign(v), step)
-      self._tb.flush()
-
-  def close(self):
-    if self._tb is not None:
-      self._tb.close()
-
-
-def _hypergrad_fn(config, task, estimator_cost):
-  """``fn(hparams, outer_step) -> (loss, hypergrads)`` recording val accuracy."""
+def _hypergrad_fn(config, task):
+  """FDS's ``hypergrad_fn`` with a progress bar; records val accuracy."""
   progress_every = config.progress_every or max(config.horizon // 10, 1)
   bar = {'bar': None}
 
@@ -208,77 +172,101 @@ def _hypergrad_fn(config, task, estimator_cost):
       bar['bar'].n = t + 1
       bar['bar'].refresh()
 
-  progress = hypergrad.Progress(on_step, progress_every)
   extra = {}
 
+  def on_result(result, split):
+    jax.block_until_ready(result.hypergrads)
+    jax.effects_barrier()
+    extra['val_accuracy'] = (
+        task.evaluate(result.info.final_state, 'val', split)['accuracy']
+        if int(result.info.nonfinite_step) < 0 else float('nan'))
+
+  inner = fds_lib.make_hypergrad_fn(
+      task, fds_lib.estimator_from_config(config), config.horizon,
+      seed=config.seed, redraw_val=config.redraw_val,
+      fresh_init=config.fresh_init,
+      progress=hypergrad.Progress(on_step, progress_every),
+      on_result=on_result)
+
   def fn(hparams, outer_step):
-    seed = config.seed * _SEED_STRIDE + outer_step
-    split = task.split(seed) if config.redraw_val else task.default_split()
-    init_seed = seed if config.fresh_init else config.seed
-    step_fn, loss_fn = task.step_fn(split), task.loss_fn(split)
-    state = task.init_state(init_seed)
-    bar['bar'] = tqdm.tqdm(total=config.horizon, leave=False,
-                           desc=f'outer step {outer_step}: inner steps',
-                           disable=None)
+    bar['bar'] = tqdm_auto.tqdm(total=config.horizon, leave=False,
+                                desc=f'outer step {outer_step}: inner steps',
+                                disable=None)
     try:
-      if config.estimator == 'forward':
-        loss, grads, info = hypergrad.forward_hypergrad(
-            step_fn, loss_fn, state, hparams, config.horizon,
-            chunk_size=config.chunk_size or None, progress=progress,
-            return_info=True)
-      else:
-        loss, grads, info = hypergrad.reverse_hypergrad(
-            step_fn, loss_fn, state, hparams, config.horizon,
-            checkpoint_every=config.checkpoint_every or None,
-            return_info=True)
-      jax.block_until_ready(grads)
-      jax.effects_barrier()
+      return inner(hparams, outer_step)
     finally:
       bar['bar'].close()
       bar['bar'] = None
-    extra['nonfinite_step'] = int(info.nonfinite_step)
-    extra['val_accuracy'] = (
-        task.evaluate(info.final_state, 'val', split)['accuracy']
-        if extra['nonfinite_step'] < 0 else float('nan'))
-    extra['inner_steps'] = estimator_cost
-    return loss, grads
 
   return fn, extra
 
 
+def _retrain(task, hparams, steps: int, seeds) -> dict:
+  """Test metrics of ``hparams`` retrained from each seed; means, or diverged."""
+  tests, vals = [], []
+  for seed in seeds:
+    final = task.train(hparams, steps, init_seed=seed)
+    test = task.evaluate(final, 'test')
+    if not math.isfinite(test['loss']):
+      return {'test_accuracy': None, 'test_loss': None, 'val_accuracy': None,
+              'test_accuracies': None, 'diverged': True}
+    tests.append(test)
+    vals.append(task.evaluate(final, 'val')['accuracy'])
+  return {'test_accuracy': float(np.mean([t['accuracy'] for t in tests])),
+          'test_loss': float(np.mean([t['loss'] for t in tests])),
+          'val_accuracy': float(np.mean(vals)),
+          'test_accuracies': [t['accuracy'] for t in tests],
+          'diverged': False}
+
+
+def _status(record, config) -> str:
+  if record['accepted']:
+    return 'accepted'
+  return f'REJECTED: {record["reason"]}; backing off'
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       resume: bool = False) -> dict[str, Any]:
-  """Runs the FDS search, retrains with the learned schedule and tests it.
+                       resume: bool = False,
+                       overwrite: bool = False) -> dict[str, Any]:
+  """Runs the FDS search, retrains with the best schedule found and tests it.
 
   Args:
     config: see the module docstring.
-    workdir: output folder (created).
-    resume: continue from the last checkpoint in ``workdir`` (an error if the
-      folder holds a run of another config).
+    workdir: output folder (created, and locked while the run lasts).
+    resume: continue from the last checkpoint in ``workdir``.
+    overwrite: remove the outputs of an earlier run in ``workdir`` first.
 
   Returns:
     The summary also written to ``workdir/summary.json``.
 
   Raises:
-    ConfigError: a bad config value (before any compute).
-    hypergrad.data.DatasetNotFoundError: the task's data is not prepared.
+    ConfigError: a bad config value, a workdir that is busy, unwritable or
+      holds another run (before any compute).
+    hypergrad.experiments.data.DatasetNotFoundError: the data is absent.
     search.DivergenceError: the inner run diverges at the initial values.
+    RetrainDivergedError: retraining with the learned schedule diverged (the
+      summary is written first, with no test accuracy).
   """
   kinds = validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
-  config_path = os.path.join(workdir, 'config.json')
   config_json = config.to_json(sort_keys=True)
-  if resume and os.path.exists(config_path):
-    with open(config_path) as f:
-      if json.load(f) != json.loads(config_json):
-        raise ConfigError(f'--resume: {workdir} holds a run of another config '
-                          f'({config_path}); use a new --workdir.')
-  elif not resume and os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise ConfigError(f'{workdir} already holds a run; pass --resume to '
-                      'continue it or choose another --workdir.')
-  with open(config_path, 'w') as f:
-    f.write(config_json)
+  lock = workdir_lib.WorkdirLock(workdir)
+  try:
+    lock.acquire()
+    workdir_lib.prepare(workdir, resume=resume, overwrite=overwrite)
+  except workdir_lib.WorkdirError as e:
+    lock.release()
+    raise ConfigError(str(e)) from None
+  try:
+    return _run(config, kinds, config_json, workdir, resume)
+  finally:
+    lock.release()
 
+
+class RetrainDivergedError(RuntimeError):
+  """Retraining with the learned schedule diverged."""
+
+
+def _run(config, kinds, config_json, workdir, resume):
   start = time.time()
   overrides = {'batch_size': config.batch_size} if config.batch_size else {}
   task = tasks_lib.make_task(config.task, data_dir=config.data_dir or None,
@@ -286,81 +274,81 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                              val_fraction=config.val_fraction,
                              mesh=tasks_lib.make_mesh(config.get('mesh', '')),
                              **overrides)
-  hparams0 = {k: schedule.constant(config.init[k], config.intervals.get(k, 1),
-                                   task.dtype) for k in kinds}
-  opt = outer.sign_descent({k: config.step_sizes[k] for k in kinds})
-  # A forward hypergradient over T steps costs more than T training steps;
-  # budgets count inner-step equivalents of the plain unroll as the wall-time
-  # ratio is not known here, so record the plain count and the seconds.
-  fn, extra = _hypergrad_fn(config, task, config.horizon)
+  hparams0 = fds_lib.initial_hparams(
+      task, {k: config.init[k] for k in kinds}, config.intervals)
+  opt = hypergrad.sign_descent({k: config.step_sizes[k] for k in kinds})
+  fn, extra = _hypergrad_fn(config, task)
 
   checkpointer = ckpt_lib.OuterCheckpointer(os.path.join(workdir,
                                                          'checkpoints'))
-  state, records = search.init(hparams0, opt), []
-  if resume:
-    restored = checkpointer.restore_latest(state)
-    if restored is not None:
-      state, records = restored
+  try:
+    state, records = search.init(hparams0, opt), []
+    if resume:
+      state, records, meta = checkpointer.restore_latest(state,
+                                                         with_meta=True)
+      if json.loads(meta.get('config', 'null') or 'null') != json.loads(
+          config_json):
+        raise ConfigError(
+            f'--resume: the checkpoint in {workdir} was made by another '
+            'config; use a new --workdir (or --overwrite).')
       logging.info('resumed from outer step %d', state.step)
-  metrics = _Metrics(workdir, records)
-  prior_seconds = records[-1]['wall_time'] if records else 0.0
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config_json)
+    metrics = metrics_lib.MetricsWriter(workdir, records)
+    prior_seconds = records[-1]['wall_time'] if records else 0.0
+    bar = tqdm_auto.tqdm(total=config.outer_steps, initial=state.step,
+                         desc=f'FDS {config.task}', disable=None)
+    factor = config.get('divergence_factor', 0.0) or None
+    while state.step < config.outer_steps and not state.converged:
+      state, record = search.step(fn, opt, state, tol=config.tol,
+                                  divergence_factor=factor,
+                                  collapse_loss=0.99 * task.chance_loss)
+      record.update(val_accuracy=extra['val_accuracy'],
+                    inner_steps=config.horizon,
+                    wall_time=prior_seconds + time.time() - start)
+      record = ckpt_lib.jsonable(record)
+      records.append(record)
+      metrics.write(record)
+      checkpointer.save(state, records, {'config': config_json})
+      bar.update(1)
+      logging.info('outer step %d %s: val loss %.4f, val acc %.4f, %.1fs',
+                   record['outer_step'], _status(record, config),
+                   record['val_loss'], record['val_accuracy'],
+                   record['seconds'])
+    bar.close()
+    metrics.close()
+  finally:
+    checkpointer.close()
+  return _report(config, kinds, task, state, records, workdir, start,
+                 prior_seconds)
 
-  bar = tqdm.tqdm(total=config.outer_steps, initial=state.step,
-                  desc=f'FDS {config.task}', disable=None)
 
-  def callback(new_state, record):
-    record.update(val_accuracy=extra['val_accuracy'],
-                  nonfinite_step=extra['nonfinite_step'],
-                  inner_steps=extra['inner_steps'],
-                  wall_time=prior_seconds + time.time() - start)
-    record = ckpt_lib.jsonable(record)
-    records.append(record)
-    metrics.write(record)
-    checkpointer.save(new_state, records)
-    bar.update(1)
-    if record['accepted']:
-      status = 'accepted'
-    elif record['nonfinite_step'] is None:
-      status = ('REJECTED: validation loss exploded (above '
-                f'{config.divergence_factor:g} x the first); backing off')
-    else:
-      status = ('REJECTED: inner run diverged at inner step '
-                f'{record["nonfinite_step"]}; backing off')
-    logging.info('outer step %d %s: val loss %.4f, val acc %.4f, %.1fs',
-                 record['outer_step'], status, record['val_loss'],
-                 record['val_accuracy'], record['seconds'])
-
-  while state.step < config.outer_steps and not state.converged:
-    state, record = search.step(
-        fn, opt, state, tol=config.tol,
-        divergence_factor=config.get('divergence_factor', 0.0) or None)
-    callback(state, record)
-  bar.close()
-  metrics.close()
-  checkpointer.close()
-
-  learned = {k: np.asarray(v).tolist() for k, v in state.hparams.items()}
+def _report(config, kinds, task, state, records, workdir, start,
+            prior_seconds):
+  to_list = lambda h: {k: np.asarray(v).tolist() for k, v in h.items()}
+  best, last = to_list(state.best_hparams), to_list(state.hparams)
+  improved = state.best_step > 0
+  if not improved:
+    logging.warning('no outer step improved on the initial schedule '
+                    '(validation loss); reporting the initial schedule.')
   retrain_steps = config.retrain_steps or config.horizon
-  learned_h = jax.tree.map(lambda v: np.asarray(v, task.dtype),
-                           state.hparams)
-  results = {}
-  for name, h in (('learned', learned_h),
-                  ('default', task.default_hparams())):
-    final = task.train(h, retrain_steps, init_seed=config.seed)
-    test = task.evaluate(final, 'test')
-    diverged = not math.isfinite(test['loss'])
-    results[name] = {'test_accuracy': None if diverged else test['accuracy'],
-                     'test_loss': None if diverged else test['loss'],
-                     'val_accuracy': task.evaluate(final, 'val')['accuracy'],
-                     'diverged': diverged}
+  seeds = [fds_lib.outer_seed(config.seed, 500 + i)
+           for i in range(config.get('retrain_inits', 0) or 3)]
+  cast = lambda h: {k: np.asarray(v, task.dtype) for k, v in h.items()}
+  results = {'learned': _retrain(task, cast(state.best_hparams),
+                                 retrain_steps, seeds),
+             'default': _retrain(task, task.default_hparams(),
+                                 retrain_steps, seeds)}
 
   plotting.plot_schedules(records, config.horizon,
                           os.path.join(workdir, 'schedules.png'),
-                          final=learned, title=f'FDS on {config.task}')
+                          final=best, title=f'FDS on {config.task}')
   plotting.plot_validation(records, os.path.join(workdir, 'validation.png'),
                            baseline=results['default']['val_accuracy'],
                            title=f'FDS on {config.task}')
-
+  learned, default = results['learned'], results['default']
+  gain = (None if learned['diverged'] or default['diverged'] else
+          learned['test_accuracy'] - default['test_accuracy'])
   summary = {
       'task': config.task,
       'estimator': config.estimator,
@@ -368,22 +356,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       'outer_steps': state.step,
       'converged': state.converged,
       'rejected_outer_steps': sum(not r['accepted'] for r in records),
-      'learned_schedule': learned,
+      'learned_schedule': best,
+      'learned_schedule_outer_step': state.best_step,
+      'learned_schedule_val_loss': state.best_loss,
+      'improved_on_initial': improved,
+      'last_schedule': last,
       'fixed_hyperparameters': {k: v for k, v in task.fixed_hparams.items()
                                 if k not in kinds},
-      'test_accuracy': results['learned']['test_accuracy'],
-      'test_loss': results['learned']['test_loss'],
-      'retrain_diverged': results['learned']['diverged'],
+      'test_accuracy': learned['test_accuracy'],
+      'test_loss': learned['test_loss'],
+      'test_accuracies': learned['test_accuracies'],
+      'retrain_diverged': learned['diverged'],
       'default_schedule': dict(task.spec.default_hparams),
-      'default_test_accuracy': results['default']['test_accuracy'],
-      # Hypergradient unrolls plus the final retrain, in inner steps.
-      'inner_steps': sum(r['inner_steps'] for r in records) + retrain_steps,
+      'default_test_accuracy': default['test_accuracy'],
+      'default_test_accuracies': default['test_accuracies'],
+      'paired_gain': gain,
+      'retrain_seeds': seeds,
+      # Hypergradient unrolls plus the final retrains, in inner steps.
+      'inner_steps': (sum(r['inner_steps'] for r in records)
+                      + 2 * len(seeds) * retrain_steps),
       'search_seconds': sum(r['seconds'] for r in records),
       'wall_time': prior_seconds + time.time() - start,
   }
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=2)
   if summary['retrain_diverged']:
-    logging.error('retraining with the learned schedule diverged; the '
-                  'summary records no test accuracy.')
+    raise RetrainDivergedError(
+        f'retraining with the learned schedule {best} diverged (non-finite '
+        f'test loss); {workdir}/summary.json records no test accuracy.')
   return summary

@@ -89,7 +89,8 @@ def raises_clearly(fn, *needles, types=(ValueError, TypeError)):
     fn()
   except types as e:
     origin = traceback.extract_tb(e.__traceback__)[-1].filename
-    assert ('/hypergrad/_src/' in origin or '/launch/' in origin), (
+    assert ('/hypergrad/' in origin and '/site-packages/' not in origin
+            or '/launch/' in origin), (
         f'{type(e).__name__} raised deep inside {origin}: {e}')
     for needle in needles:
       assert needle in str(e), (needle, str(e))
@@ -331,7 +332,7 @@ def test_forward_mixed_precision_hparams():
 
 @pytest.fixture(scope='module')
 def task():
-  return hypergrad.make_task('digits_mlp')
+  return hypergrad.experiments.make_task('digits_mlp')
 
 
 @FUZZ
@@ -434,7 +435,7 @@ def bad_config(draw):
                              st.floats(min_value=1.0, allow_infinity=False)))
     else:
       value = draw(st.floats(max_value=-1e-9, allow_infinity=False))
-    return _config(**{f'init.{kind}': value}), f'initial'
+    return _config(**{f'init.{kind}': value}), 'initial'
   if choice == 'step_sizes':
     value = draw(st.one_of(NOT_REAL, NON_FINITE, st.floats(max_value=0.0)))
     return _config(**{f'step_sizes.{kind}': value}), f'step size for {kind}'
@@ -448,7 +449,7 @@ def bad_config(draw):
     return _config(seed=value), 'seed'
   if choice == 'task':
     value = draw(st.one_of(st.text(max_size=10).filter(
-        lambda s: s not in hypergrad.TASKS), st.none(), st.integers()))
+        lambda s: s not in hypergrad.experiments.TASKS), st.none(), st.integers()))
     return _config(task=value), 'task'
   name = draw(st.sampled_from(['intervals', 'init', 'step_sizes']))
   value = draw(st.one_of(st.none(), st.integers(), st.text(max_size=5),
@@ -502,23 +503,30 @@ CONFIG_FILE = os.path.join(ROOT, 'launch', 'configs', 'digits_mlp.py')
 
 
 @pytest.mark.parametrize('flags, message', [
-    (['--horizon', 'abc'], "flag --horizon=abc: invalid literal for int()"),
-    (['--intervals', 'lr='], "--intervals: lr='' is not an integer"),
-    (['--intervals', 'lr=2,lr=3'], '--intervals gives lr twice'),
-    (['--outer_steps', '-1'], 'outer_steps must be a positive integer'),
-    (['--seed', '-3'], 'seed must be an integer in [0, 2**53)'),
-    (['--config', CONFIG_FILE, '--config.tol=2'], 'tol must be in (0, 1)'),
-    (['--config', CONFIG_FILE, '--config.init.lr=nan'],
-     'initial value for lr must be a finite number'),
+    (['--config.horizon=abc'], "--config.horizon=abc"),
+    (['--config.intervals.lr=0'], 'intervals for lr must be a positive'),
+    (['--config.outer_steps=-1'], 'outer_steps must be a positive integer'),
+    (['--config.seed=-3'], 'seed must be an integer in [0, 2**53)'),
+    (['--config.tol=2'], 'tol must be in (0, 1)'),
+    (['--config.init.lr=nan'], 'initial value for lr must be a finite number'),
+    (['--config.estimator=backward'], "unknown estimator 'backward'"),
+    (['--config.hyperparams=lr,temperature'],
+     "unknown hyperparameter 'temperature'"),
+    (['--config.horizon=10', '--config.intervals.lr=20'],
+     'exceed the horizon'),
+    (['--config.mesh=data=3'], 'data=3'),
     (['--config', os.path.join(ROOT, 'no_such_config.py')],
      'No such file or directory'),
-], ids=['horizon-abc', 'intervals-empty', 'intervals-twice', 'outer-steps',
-        'seed', 'tol', 'init-nan', 'config-file'])
+    (['--resume'], 'holds no checkpointed run'),
+], ids=['horizon-abc', 'intervals-zero', 'outer-steps', 'seed', 'tol',
+        'init-nan', 'estimator', 'hyperparams', 'intervals-horizon', 'mesh',
+        'config-file', 'resume-nothing'])
 def test_bad_command_lines_exit_with_a_message(flags, message, tmp_path):
   workdir = tmp_path / 'run'
   start = time.monotonic()
+  config = [] if '--config' in flags else ['--config', CONFIG_FILE]
   proc = subprocess.run(
-      [sys.executable, '-m', 'launch.fds', '--task', 'digits_mlp',
+      [sys.executable, '-m', 'launch.fds', *config,
        '--workdir', str(workdir)] + flags,
       cwd=ROOT, capture_output=True, text=True, timeout=300,
       env=dict(os.environ, JAX_PLATFORMS='cpu'))

@@ -1,7 +1,9 @@
 """The FDS job end to end on a shrunk config: outputs, resume, bad flags."""
 
+import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -46,7 +48,18 @@ def test_outputs_written(uninterrupted):
                                               'weight_decay'}
   assert len(summary['learned_schedule']['lr']) == 2
   assert 0.0 <= summary['test_accuracy'] <= 1.0
-  assert summary['inner_steps'] == 3 * 40 + 40
+  assert len(summary['test_accuracies']) == 3  # paired retrains
+  assert len(summary['default_test_accuracies']) == 3
+  assert summary['inner_steps'] == 3 * 40 + 2 * 3 * 40
+  # The reported schedule is one the search evaluated, with its loss.
+  with open(os.path.join(workdir, 'metrics.csv')) as f:
+    rows = list(csv.DictReader(f))
+  step = summary['learned_schedule_outer_step']
+  assert json.loads(rows[step]['hparams']) == summary['learned_schedule']
+  assert float(rows[step]['val_loss']) == pytest.approx(
+      summary['learned_schedule_val_loss'])
+  assert min(float(r['val_loss']) for r in rows if r['accepted'] == 'True'
+             ) == pytest.approx(summary['learned_schedule_val_loss'])
 
 
 def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path,
@@ -66,6 +79,7 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path,
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(_tiny_config(), workdir)
   monkeypatch.setattr(search, 'step', real_step)
+  # The folder holds a run: neither silently continued nor overwritten.
   with pytest.raises(train.ConfigError, match='--resume'):
     train.train_and_evaluate(_tiny_config(), workdir)
   resumed = train.train_and_evaluate(_tiny_config(), workdir, resume=True)
@@ -101,19 +115,81 @@ def test_intervals_longer_than_horizon():
     train.validate_config(c)
 
 
-@pytest.mark.parametrize('flags, message', [
-    (['--task', 'nope'], "unknown --task 'nope'"),
-    (['--horizon', '0'], 'horizon must be a positive integer'),
-    (['--horizon', '10', '--intervals', 'lr=20'], 'exceed the horizon'),
-    (['--hyperparams', 'lr,temperature'], "unknown hyperparameter"),
-    (['--intervals', 'lr=x'], 'is not an integer'),
-    (['--hyperparams', 'lr', '--intervals', 'momentum=3'],
-     'momentum is not learned'),
-])
-def test_bad_flags_exit_with_message(flags, message, tmp_path):
+def test_resume_with_other_horizon_refused_by_the_checkpoint_itself(
+    uninterrupted, tmp_path):
+  # config.json gone: the checkpoint's own record of the config decides.
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(uninterrupted[0], workdir)
+  os.remove(os.path.join(workdir, 'config.json'))
+  with pytest.raises(train.ConfigError, match='another config'):
+    train.train_and_evaluate(_tiny_config(horizon=50), workdir, resume=True)
+
+
+def test_finished_run_without_checkpoints_is_not_overwritten(uninterrupted,
+                                                             tmp_path):
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(uninterrupted[0], workdir)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints'))
+  before = open(os.path.join(workdir, 'metrics.csv')).read()
+  with pytest.raises(train.ConfigError, match='already holds a run'):
+    train.train_and_evaluate(_tiny_config(), workdir)
+  assert open(os.path.join(workdir, 'metrics.csv')).read() == before
+  with pytest.raises(train.ConfigError, match='no checkpointed run'):
+    train.train_and_evaluate(_tiny_config(), workdir, resume=True)
+  # --overwrite starts over: no output of the old run is left beside it.
+  os.utime(os.path.join(workdir, 'summary.json'), (0, 0))
+  summary = train.train_and_evaluate(_tiny_config(outer_steps=1), workdir,
+                                     overwrite=True)
+  assert summary['outer_steps'] == 1
+  assert os.path.getmtime(os.path.join(workdir, 'summary.json')) > 0
+
+
+def test_resume_of_a_missing_run_is_an_error(tmp_path):
+  with pytest.raises(train.ConfigError, match='no checkpointed run'):
+    train.train_and_evaluate(_tiny_config(), str(tmp_path / 'typo'),
+                             resume=True)
+
+
+def test_second_process_on_a_workdir_is_refused(tmp_path):
+  from hypergrad.experiments import workdir as workdir_lib
+  workdir = str(tmp_path)
+  # Another process holds the lock (a child that sleeps holding it).
+  holder = subprocess.Popen(
+      [sys.executable, '-c',
+       'import sys, time; from hypergrad.experiments import workdir as w; '
+       'w.WorkdirLock(sys.argv[1]).acquire(); print("held", flush=True); '
+       'time.sleep(60)', workdir],
+      cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'held'
+    with pytest.raises(train.ConfigError,
+                       match=f'in use by another run \\(process {holder.pid}'):
+      train.train_and_evaluate(_tiny_config(), workdir)
+  finally:
+    holder.kill()
+    holder.wait()
+  # Killed, the holder left no stale lock.
+  with workdir_lib.WorkdirLock(workdir):
+    pass
+
+
+def test_unwritable_workdir_is_one_line_error(tmp_path):
   proc = subprocess.run(
-      [sys.executable, '-m', 'launch.fds', '--workdir', str(tmp_path)] + flags,
+      [sys.executable, '-m', 'launch.fds', '--workdir', '/proc/hypergrad',
+       '--config.horizon=20', '--config.outer_steps=1'],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
-  assert message in proc.stderr + proc.stdout
-  assert not os.listdir(tmp_path)
+  assert 'error: ' in proc.stderr and '/proc/hypergrad' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
+def test_collapse_to_chance_reports_the_initial_schedule(tmp_path):
+  # A huge learning-rate step: every later schedule trains to chance level
+  # or diverges. The result must be the initial schedule, with a warning.
+  c = _tiny_config(outer_steps=3, divergence_factor=0.0)
+  c.step_sizes.lr = 5.0
+  summary = train.train_and_evaluate(c, str(tmp_path))
+  assert not summary['improved_on_initial']
+  np.testing.assert_allclose(summary['learned_schedule']['lr'], [0.05, 0.05])
+  assert summary['rejected_outer_steps'] >= 1
+  assert summary['test_accuracy'] > 0.5

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from hypergrad._src import tasks
+from hypergrad.experiments import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +49,8 @@ def test_bad_mesh_specs():
 def test_launch_mesh_flag_validated(tmp_path):
   proc = subprocess.run(
       [sys.executable, '-m', 'launch.fds', '--workdir', str(tmp_path),
-       '--mesh', 'data=3', '--task', 'digits_mlp'],
+       '--config', os.path.join(ROOT, 'launch', 'configs', 'digits_mlp.py'),
+       '--config.mesh=data=3'],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
   assert 'mesh' in proc.stderr and 'data=3' in proc.stderr

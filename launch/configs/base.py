@@ -2,6 +2,9 @@
 
 import ml_collections
 
+from hypergrad._src import registry
+from hypergrad.experiments import tasks as tasks_lib
+
 
 def get_base_config(task: str) -> ml_collections.ConfigDict:
   """FDS defaults from the paper, for ``task``.
@@ -12,18 +15,17 @@ def get_base_config(task: str) -> ml_collections.ConfigDict:
   c.task = task
   c.data_dir = ''               # '' = the dataset's default location
   c.seed = 0
-  c.horizon = 1000              # inner steps per hypergradient (and retrain)
+  c.horizon = tasks_lib.TASKS[task].horizon if task in tasks_lib.TASKS \
+      else 1000                 # inner steps per hypergradient (and retrain)
   c.batch_size = 0              # 0 = the task's default
   c.val_fraction = 0.05         # FDS: 5% of the training set
   c.hyperparams = 'lr,momentum,weight_decay'
   c.intervals = ml_collections.ConfigDict(
       {'lr': 7, 'momentum': 1, 'weight_decay': 1})
   # Initial values: 0, as in the FDS reference.
-  c.init = ml_collections.ConfigDict(
-      {'lr': 0.0, 'momentum': 0.0, 'weight_decay': 0.0})
+  c.init = ml_collections.ConfigDict({k: 0.0 for k in registry.SGD.names})
   # Initial outer step sizes (the paper's: lr 0.1, momentum 0.1, wd 3e-4).
-  c.step_sizes = ml_collections.ConfigDict(
-      {'lr': 0.1, 'momentum': 0.1, 'weight_decay': 3e-4})
+  c.step_sizes = ml_collections.ConfigDict(dict(registry.SGD.outer_steps))
   c.outer_steps = 10
   c.tol = 0.05                  # converged when every step < 5% of its value
   # An outer step whose validation loss exceeds this multiple of the initial
@@ -35,6 +37,7 @@ def get_base_config(task: str) -> ml_collections.ConfigDict:
   c.redraw_val = True           # FDS re-draws the validation split per outer step
   c.fresh_init = True           # fresh inner initialisation per outer step
   c.retrain_steps = 0           # 0 = horizon
+  c.retrain_inits = 3           # paired retrains of learned and default
   c.progress_every = 0          # inner-step progress period; 0 = horizon // 10
   c.mesh = ''                   # 'data=N': split minibatches over N devices
   return c

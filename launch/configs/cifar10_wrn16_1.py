@@ -5,7 +5,7 @@ momentum and weight decay from 0.
 
 Data: a prepared tensorflow-datasets data_dir with `cifar10` (`--data_dir`).
 
-    python -m launch.fds --task cifar10_wrn16_1 --data_dir ~/tensorflow_datasets \
+    python -m launch.fds --config launch/configs/cifar10_wrn16_1.py --config.data_dir=$HOME/tensorflow_datasets \
         --workdir workdir/cifar10
 
 Run time: hours on one GPU (one hypergradient costs about as much as 5-8
@@ -13,7 +13,10 @@ plain training runs of 50 epochs). Expected (FDS paper): test accuracy about
 86-88%, well above greedy methods and random search at equal budget.
 """
 
-from launch.configs import base
+try:
+  from launch.configs import base
+except ImportError:  # installed as hypergrad_launch
+  from hypergrad_launch.configs import base
 
 
 def get_config():

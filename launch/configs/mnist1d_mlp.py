@@ -10,7 +10,7 @@ the paper's init 0 with steps 0.1 does not settle in 10 outer steps on this
 task (66.1% test accuracy in ``benchmarks/results/hpo_mnist1d_mlp.md``, below
 the default's 67.4%), and a momentum step of 0.1 from 0.9 hits the 0.999 clip.
 
-    python -m launch.fds --task mnist1d_mlp --workdir workdir/mnist1d_mlp
+    python -m launch.fds --config launch/configs/mnist1d_mlp.py --workdir workdir/mnist1d_mlp
 
 Run time: ~1.5 min on 2 CPU cores. Expected: the learned schedule's test
 accuracy varies with the seed: 64.4% (seed 0), 74.4% (seed 1), 70.0% (seed 2)
@@ -19,12 +19,14 @@ HPO seeds in ``benchmarks/results/hpo_mnist1d_mlp.md`` 69.9 +- 3.4% against
 67.6%.
 """
 
-from launch.configs import base
+try:
+  from launch.configs import base
+except ImportError:  # installed as hypergrad_launch
+  from hypergrad_launch.configs import base
 
 
 def get_config():
   c = base.get_base_config('mnist1d_mlp')
-  c.horizon = 1000
   c.init.update({'lr': 0.1, 'momentum': 0.9, 'weight_decay': 5e-4})
   c.step_sizes.update({'lr': 0.05, 'momentum': 0.02, 'weight_decay': 3e-4})
   return c

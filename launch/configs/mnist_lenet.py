@@ -3,12 +3,15 @@ r"""FDS on MNIST with LeNet (the FDS paper's reverse-mode comparison setting).
 Data: a prepared tensorflow-datasets data_dir (`--data_dir`), or a folder of
 the MNIST IDX files.
 
-    python -m launch.fds --task mnist_lenet --data_dir ~/tensorflow_datasets
+    python -m launch.fds --config launch/configs/mnist_lenet.py --config.data_dir=$HOME/tensorflow_datasets
 
 Run time: a few minutes on one GPU. Expected: test accuracy about 99%.
 """
 
-from launch.configs import base
+try:
+  from launch.configs import base
+except ImportError:  # installed as hypergrad_launch
+  from hypergrad_launch.configs import base
 
 
 def get_config():
