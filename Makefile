@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdir
 
-.PHONY: run test test-slow bench clean
+.PHONY: run test test-slow bench docs lint clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,8 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# The documentation site, offline, warnings as errors.
+docs: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[docs]'
+	$(PY) -m sphinx -W --keep-going -b html -q docs docs/_build/html

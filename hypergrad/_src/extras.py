@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 DISTRIBUTION = 'jax-hypergrad'
 
 
+def _absent(module: str) -> bool:
+  if module in sys.modules:
+    # None there is Python's "import blocked" marker.
+    return sys.modules[module] is None
+  return importlib.util.find_spec(module) is None
+
+
 def missing(*modules: str) -> list[str]:
   """The top-level modules among ``modules`` that cannot be imported."""
-  return [m for m in modules if importlib.util.find_spec(m) is None]
+  return [m for m in modules if _absent(m)]
 
 
 def require(extra: str, *modules: str) -> None:

@@ -39,8 +39,17 @@ def finite_difference(loss: Callable[[PyTree], Any], hparams: PyTree,
     ValueError: ``eps`` not a positive finite number.
 
   Example:
-    >>> loss = jax.jit(lambda h: loss_fn(hypergrad.unroll(step_fn, s, h, T)))
-    >>> g_fd = hypergrad.finite_difference(loss, hparams)
+    >>> import jax, jax.numpy as jnp, hypergrad
+    >>> step_fn = lambda w, h, t: w - h['lr'] * 2.0 * (w - 3.0)
+    >>> loss_fn = lambda w: (w - 3.0) ** 2
+    >>> hparams = {'lr': hypergrad.constant(0.1, 2)}
+    >>> loss = jax.jit(lambda h: loss_fn(
+    ...     hypergrad.unroll(step_fn, jnp.zeros(()), h, 10)))
+    >>> g_fd = hypergrad.finite_difference(loss, hparams, eps=1e-3)  # float32
+    >>> _, g = hypergrad.forward_hypergrad(step_fn, loss_fn, jnp.zeros(()),
+    ...                                    hparams, 10)
+    >>> bool(jnp.allclose(g['lr'], g_fd['lr'], rtol=1e-2))
+    True
   """
   if not (isinstance(eps, (int, float, np.floating)) and np.isfinite(eps)
           and eps > 0):

@@ -133,11 +133,20 @@ def hypergradient_descent(step_fn: Callable, loss_fn: Callable, *,
       ``meta_update`` or malformed ``bounds``; at construction.
 
   Example:
+    >>> import jax.numpy as jnp, hypergrad
+    >>> def train_loss(w, t):  # a regression whose minibatch is step t's
+    ...   x = jnp.sin(jnp.arange(3.0) + t)
+    ...   return (x @ w - 1.0) ** 2
+    >>> step_fn = hypergrad.sgd_momentum_step(train_loss, momentum=0.5)
+    >>> loss_fn = lambda s: jnp.sum((s.params - 0.5) ** 2)   # "validation"
+    >>> state = hypergrad.sgd_init(jnp.zeros(3))
     >>> method = hypergrad.hypergradient_descent(
     ...     step_fn, loss_fn, meta_lr=1e-3,
     ...     step_loss_fn=lambda s, t: train_loss(s.params, t))
     >>> final, sched = hypergrad.run_online(
-    ...     method, state, {'lr': hypergrad.constant(0.01)}, 1000)
+    ...     method, state, {'lr': hypergrad.constant(0.01)}, 100)
+    >>> sched['lr'].shape   # the learning rate each step used
+    (100,)
   """
   meta_opt = online.meta_opt_from(meta_opt, meta_lr, meta_update, bounds)
   return online.make_method(online.Static(_init, ()),

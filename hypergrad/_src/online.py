@@ -221,11 +221,17 @@ def run_online(method: OnlineMethod, init_state: PyTree, hparams: PyTree,
       compute.
 
   Example:
+    >>> import jax.numpy as jnp, hypergrad
+    >>> def train_loss(w, t):  # a regression whose minibatch is step t's
+    ...   x = jnp.sin(jnp.arange(3.0) + t)
+    ...   return (x @ w - 1.0) ** 2
+    >>> step_fn = hypergrad.sgd_momentum_step(train_loss, momentum=0.5)
+    >>> loss_fn = lambda s: jnp.sum((s.params - 0.5) ** 2)   # "validation"
+    >>> state = hypergrad.sgd_init(jnp.zeros(3))
     >>> method = hypergrad.hypergradient_descent(step_fn, loss_fn,
     ...                                          meta_lr=1e-3)
     >>> final, sched = hypergrad.run_online(
-    ...     method, hypergrad.sgd_init(params), {'lr': hypergrad.constant(0.1)},
-    ...     num_steps=1000)
+    ...     method, state, {'lr': hypergrad.constant(0.1)}, num_steps=1000)
     >>> sched['lr'].shape
     (1000,)
   """

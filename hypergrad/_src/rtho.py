@@ -134,10 +134,19 @@ def rtho(step_fn: Callable, loss_fn: Callable, *, every: int = 10,
       ``meta_update`` or malformed ``bounds``; at construction.
 
   Example:
+    >>> import jax.numpy as jnp, hypergrad
+    >>> def train_loss(w, t):  # a regression whose minibatch is step t's
+    ...   x = jnp.sin(jnp.arange(3.0) + t)
+    ...   return (x @ w - 1.0) ** 2
+    >>> step_fn = hypergrad.sgd_momentum_step(train_loss, momentum=0.5)
+    >>> loss_fn = lambda s: jnp.sum((s.params - 0.5) ** 2)   # "validation"
+    >>> state = hypergrad.sgd_init(jnp.zeros(3))
     >>> method = hypergrad.rtho(step_fn, loss_fn, every=50, meta_lr=1e-3,
     ...                         bounds=hypergrad.SGD_BOUNDS)
     >>> final, sched = hypergrad.run_online(
     ...     method, state, {'lr': hypergrad.constant(0.05)}, 1000)
+    >>> bool(sched['lr'][-1] != sched['lr'][0])   # it moved online
+    True
   """
   every = validation.check_int(every, 'every')
   meta_opt = online.meta_opt_from(meta_opt, meta_lr, meta_update, bounds)

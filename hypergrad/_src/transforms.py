@@ -59,9 +59,17 @@ def reparametrize(step_fn: Callable, transforms: Mapping[str, Callable]):
     A step function of the same contract taking raw values.
 
   Example:
-    >>> raw_step = reparametrize(step_fn, {'lr': softplus, 'momentum': sigmoid})
-    >>> raw = {'lr': inverse_softplus(constant(0.1, 7)),
-    ...        'momentum': logit(constant(0.9))}
+    >>> import jax.numpy as jnp, hypergrad
+    >>> step_fn = hypergrad.sgd_momentum_step(lambda w, t: jnp.sum(w ** 2))
+    >>> raw_step = hypergrad.reparametrize(
+    ...     step_fn, {'lr': hypergrad.softplus, 'momentum': hypergrad.sigmoid})
+    >>> raw = {'lr': hypergrad.inverse_softplus(hypergrad.constant(0.1, 7)),
+    ...        'momentum': hypergrad.logit(hypergrad.constant(0.9))}
+    >>> _, g = hypergrad.forward_hypergrad(   # d loss / d raw values
+    ...     raw_step, lambda s: jnp.sum(s.params ** 2),
+    ...     hypergrad.sgd_init(jnp.ones(2)), raw, 70)
+    >>> g['lr'].shape
+    (7,)
   """
   transforms = dict(transforms)
 

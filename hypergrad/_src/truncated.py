@@ -147,11 +147,20 @@ def truncated_greedy(step_fn: Callable, loss_fn: Callable, *, window: int,
     TypeError: ``estimator`` not an estimator value.
 
   Example:
+    >>> import jax.numpy as jnp, hypergrad
+    >>> def train_loss(w, t):  # a regression whose minibatch is step t's
+    ...   x = jnp.sin(jnp.arange(3.0) + t)
+    ...   return (x @ w - 1.0) ** 2
+    >>> step_fn = hypergrad.sgd_momentum_step(train_loss, momentum=0.5)
+    >>> loss_fn = lambda s: jnp.sum((s.params - 0.5) ** 2)   # "validation"
+    >>> state = hypergrad.sgd_init(jnp.zeros(3))
     >>> method = hypergrad.truncated_greedy(step_fn, loss_fn, window=100,
     ...                                     meta_lr=1e-2,
     ...                                     estimator=hypergrad.reverse())
     >>> final, sched = hypergrad.run_online(
     ...     method, state, {'lr': hypergrad.constant(0.05)}, 1000)
+    >>> sched['lr'].shape
+    (1000,)
   """
   window = validation.check_int(window, 'window')
   meta_steps = validation.check_int(meta_steps, 'meta_steps')

@@ -42,11 +42,15 @@ trials are optuna's random sampler), so they differ by what they do next, not
 by luck of the first draws.
 
 Example:
+  >>> import hypergrad.experiments
+  >>> from hypergrad.experiments.blackbox import blackbox_search
   >>> task = hypergrad.experiments.make_task('digits_mlp')
   >>> step_fn, loss_fn, state = task.problem()
-  >>> result = blackbox_search(step_fn, loss_fn, state, 500,
-  ...                          budget=20 * 500, method='tpe')
-  >>> task.train(result.hparams, 500)   # retrain with the best schedule
+  >>> result = blackbox_search(step_fn, loss_fn, state, 100,
+  ...                          budget=4 * 100, method='tpe')
+  >>> len(result.trials)
+  4
+  >>> final = task.train(result.hparams, 100)   # retrain with the best
 """
 
 from __future__ import annotations
@@ -302,6 +306,7 @@ def blackbox_search(step_fn: Callable, loss_fn: Callable, init_state: PyTree,
                        f'{name}={value!r}.')
   study_name = study_name or f'hypergrad-{method}-{seed}'
   dtype = jnp.dtype(dtype)
+  _optuna()  # before anything else: a missing extra is named at once
   step_fn = unroll_lib.as_pytree_fn(step_fn)
   loss_fn = unroll_lib.as_pytree_fn(loss_fn)
   make_state = init_state if callable(init_state) else (lambda _: init_state)

@@ -81,9 +81,14 @@ class OuterCheckpointer:
   """Saves and restores the outer loop, keeping the last ``max_to_keep``.
 
   Example:
-    >>> ckpt = OuterCheckpointer(workdir + '/checkpoints')
-    >>> ckpt.save(state, records)
-    >>> state, records = ckpt.restore_latest(template_state)
+    >>> import tempfile, jax.numpy as jnp, hypergrad
+    >>> from hypergrad.experiments.checkpoint import OuterCheckpointer
+    >>> opt = hypergrad.sign_descent()
+    >>> state = hypergrad.outer_init({'lr': jnp.array([0.1])}, opt)
+    >>> ckpt = OuterCheckpointer(tempfile.mkdtemp() + '/checkpoints')
+    >>> ckpt.save(state, records=[])
+    >>> state, records = ckpt.restore_latest(state)   # template: same shapes
+    >>> ckpt.close()
   """
 
   def __init__(self, directory: str, max_to_keep: int = 2):

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 
-from absl import logging
 import numpy as np
 
 FIELDS = ('outer_step', 'accepted', 'reason', 'val_loss', 'val_accuracy',

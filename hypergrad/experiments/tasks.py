@@ -156,11 +156,13 @@ class Task:
   """A dataset, a flax model and the FDS inner optimiser, ready to unroll.
 
   Example:
-    >>> task = make_task('mnist1d_mlp')
+    >>> import hypergrad, hypergrad.experiments
+    >>> task = hypergrad.experiments.make_task('digits_mlp')
     >>> step_fn, loss_fn, state = task.problem(split_seed=0, init_seed=0)
-    >>> loss, g = hypergrad.forward_hypergrad(step_fn, loss_fn, state,
-    ...                                       hparams, 1000)
-    >>> task.evaluate(final_state, 'test')   # {'loss': ..., 'accuracy': ...}
+    >>> loss, g, info = hypergrad.forward()(step_fn, loss_fn, state,
+    ...                                     task.default_hparams(), 100)
+    >>> sorted(task.evaluate(info.final_state, 'test'))
+    ['accuracy', 'loss']
   """
 
   def __init__(self, name: str, spec: TaskSpec, dataset: data_lib.Dataset, *,

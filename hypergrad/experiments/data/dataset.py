@@ -135,6 +135,7 @@ def pooled_train(dataset: Dataset) -> Tuple[np.ndarray, np.ndarray]:
     and ``(N_train + N_val,)``.
 
   Example:
+    >>> from hypergrad.experiments.data import load_dataset
     >>> x_pool, y_pool = pooled_train(load_dataset('digits'))
     >>> x_pool.shape
     (1437, 8, 8, 1)
@@ -168,6 +169,7 @@ def resplit(dataset: Dataset, seed: int,
     the test set and normalisation are unchanged.
 
   Example:
+    >>> from hypergrad.experiments.data import load_dataset
     >>> ds = load_dataset('digits', seed=0)
     >>> ds1 = resplit(ds, seed=1)  # e.g. once per outer step
   """

@@ -29,6 +29,7 @@ def dataset_nbytes(dataset: Dataset, splits: Sequence[str] = _SPLITS,
     Total bytes of ``x_<split>`` and ``y_<split>`` over ``splits``.
 
   Example:
+    >>> from hypergrad.experiments.data import load_dataset
     >>> dataset_nbytes(load_dataset('digits'))
     467220
   """
@@ -94,6 +95,7 @@ def check_fits(dataset: Dataset, device: Optional[jax.Device] = None,
     ValueError: the data needs more than ``fraction * budget``.
 
   Example:
+    >>> from hypergrad.experiments.data import load_dataset
     >>> check_fits(load_dataset('digits'), budget_bytes=10**9)
     467220
   """
@@ -129,6 +131,7 @@ def to_device(dataset: Dataset, device: Optional[jax.Device] = None) -> Dataset:
     A :class:`Dataset` whose ``x_*``/``y_*`` are ``jax.Array``.
 
   Example:
+    >>> from hypergrad.experiments.data import load_dataset
     >>> ds = to_device(load_dataset('digits'))
   """
   device = device if device is not None else jax.devices()[0]
