@@ -25,10 +25,13 @@ test-slow: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.forward_cost
 
+# Lint: ruff, configured in pyproject.toml for 2-space Google style.
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache docs/_build docs/notebooks
 
 # The documentation site, offline, warnings as errors.
 docs: $(VENV)/.installed
-	$(PY) -m pip install -q -e '.[docs]'
 	$(PY) -m sphinx -W --keep-going -b html -q docs docs/_build/html

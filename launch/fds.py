@@ -24,9 +24,16 @@ import logging
 import os
 import time
 
-from absl import app
-from absl import flags
-from ml_collections import config_flags
+from hypergrad._src import extras
+
+# A pip install without the launch extra gets the line to run, not a trace.
+extras.require('launch', 'absl', 'ml_collections', 'flax', 'orbax',
+               'matplotlib', 'tqdm')
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 _CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            'configs')

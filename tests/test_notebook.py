@@ -29,3 +29,10 @@ def test_quickstart_runs():
                     for o in c.get('outputs', []))
   assert 'outer step 1' in outputs
   assert 'test accuracy' in outputs
+  # Progress bars render without the ipywidgets warning.
+  stderr = ''.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code'
+                   for o in c.get('outputs', []) if o.get('name') == 'stderr')
+  assert 'IProgress not found' not in stderr, stderr
+  # The Colab cell installs this project, never the unrelated "hypergrad".
+  install = [c.source for c in nb.cells if '%pip install' in c.source]
+  assert install and all('jax-hypergrad[' in s for s in install), install
