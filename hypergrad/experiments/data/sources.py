@@ -166,7 +166,8 @@ def _prepare_hint(name: str) -> str:
       f"tfds.data_source('{name}', data_dir='DIR', download=True)\"\n"
       f'or\n'
       f'  tfds build {name} --data_dir DIR --file_format array_record\n'
-      f'then copy DIR to this machine and pass data_dir=DIR (--data_dir DIR) '
+      f'then copy DIR to this machine and pass data_dir=DIR (launch script: '
+      f'--config.data_dir=DIR; benchmarks: --data_dir DIR) '
       f'or set TFDS_DATA_DIR=DIR.')
   if name in _IDX_NAMES:
     hint += ('\nAlternatively pass data_dir=FOLDER holding the raw IDX files '
