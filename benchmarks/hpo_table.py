@@ -1,7 +1,9 @@
 r"""FDS against greedy, reverse-mode and black-box HPO at an equal budget.
 
-    python -m benchmarks.hpo_table --task mnist1d_mlp   # T = 1000, 3 seeds
-    python -m benchmarks.hpo_table --task digits_mlp    # T = 500, 3 seeds
+    python -m benchmarks.hpo_table --task mnist1d_mlp        # T = 1000, 5 seeds
+    python -m benchmarks.hpo_table --task mnist1d_large_mlp  # 20,000 signals
+    python -m benchmarks.hpo_table --task fashion_mnist_mlp  # real images
+    python -m benchmarks.hpo_table --task digits_mlp         # T = 500
     python -m benchmarks.hpo_table --task cifar10_wrn16_1 \
         --data_dir ~/tensorflow_datasets                # GPU: T = 10^4
 
@@ -44,10 +46,12 @@ greedy run ``ratio_method * T``, a black-box trial the steps it trained. The
 default budget is 10 FDS outer steps; every method stops before it would
 exceed it. Wall time (compilation included) is reported too.
 
-Evaluation, the same for every method: each found schedule is retrained from
-scratch for T steps on the loaded training split with a fixed set of
-initialisation seeds and tested; the table gives the mean and standard
-deviation over independent HPO seeds of that test accuracy. The curve
+Evaluation, the same for every method and paired: within HPO seed i, each
+found schedule and the default schedule are retrained from scratch for T
+steps on the loaded training split from the same ``--eval_seeds``
+initialisations and tested; the table gives the mean and standard deviation
+over independent HPO seeds of that test accuracy, and the mean paired gain
+over the default with its 95% Student-t confidence interval. The curve
 evaluates, at fractions of the budget, the schedule each method would have
 returned had it stopped there.
 
@@ -101,12 +105,34 @@ KINDS = registry.SGD.names
 # launch config). WRN-16-1: reverse mode stores sqrt(T)-step checkpoints.
 PRESETS = {
     'mnist1d_mlp': {'horizon': 1000},
+    'mnist1d_large_mlp': {'horizon': 1000},
+    'fashion_mnist_mlp': {'horizon': 1000},
     'digits_mlp': {'horizon': 500},
     'cifar10_wrn16_1': {'horizon': 10000, 'reverse_checkpoint_every': 100,
                         'eval_batch': 4},
 }
-# Fixed retraining seeds of the final evaluation (never used by a search).
+# Retraining seeds of the final evaluation (never used by a search).
 _EVAL_SEED_BASE = 10_000
+# Two-sided 95% quantiles of Student's t by degrees of freedom (n - 1).
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447,
+         7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086,
+         30: 2.042}
+
+
+def eval_inits(hpo_seed: int, n: int) -> list[int]:
+  """The retraining initialisations of HPO seed ``hpo_seed``."""
+  return [_EVAL_SEED_BASE + 100 * hpo_seed + i for i in range(n)]
+
+
+def confidence_interval(values) -> tuple[float, float]:
+  """Mean and half-width of the 95% t-interval of the mean."""
+  v = np.asarray(values, np.float64)
+  v = v[np.isfinite(v)]
+  if len(v) < 2:
+    return (float(v.mean()) if len(v) else math.nan), math.nan
+  df = len(v) - 1
+  t = _T975[max(k for k in _T975 if k <= df)]
+  return float(v.mean()), float(t * v.std(ddof=1) / np.sqrt(len(v)))
 
 _TASK = flags.DEFINE_string('task', 'mnist1d_mlp', 'Task name.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Prepared datasets.')
@@ -117,12 +143,13 @@ _BUDGET = flags.DEFINE_integer(
     '--fds_outer_steps FDS outer steps at the measured cost).')
 _FDS_STEPS = flags.DEFINE_integer('fds_outer_steps', 10,
                                   'Default budget, in FDS outer steps.')
-_SEEDS = flags.DEFINE_integer('seeds', 3, 'Independent HPO runs per method.')
+_SEEDS = flags.DEFINE_integer('seeds', 5, 'Independent HPO runs per method.')
 _METHODS = flags.DEFINE_list('methods', list(METHODS), 'Methods to run.')
 _EVAL_POINTS = flags.DEFINE_integer(
     'eval_points', 5, 'Budget fractions at which the curve is evaluated.')
-_EVAL_SEEDS = flags.DEFINE_integer('eval_seeds', 2,
-                                   'Retraining seeds per found schedule.')
+_EVAL_SEEDS = flags.DEFINE_integer(
+    'eval_seeds', 3, 'Retraining initialisations per found schedule; the '
+    'same ones for every method and the default within an HPO seed.')
 _EVAL_BATCH = flags.DEFINE_integer(
     'eval_batch', 0, 'Schedules retrained at once (vmapped); 0: the preset '
     'or 16.')
@@ -395,8 +422,8 @@ def _key(h) -> bytes:
 
 
 def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
-              fds_outer_steps: int = 10, seeds: int = 3, methods=METHODS,
-              eval_points: int = 5, eval_seeds: int = 2, eval_batch: int = 0,
+              fds_outer_steps: int = 10, seeds: int = 5, methods=METHODS,
+              eval_points: int = 5, eval_seeds: int = 3, eval_batch: int = 0,
               blackbox_lr_intervals: int = 1, hyperband_reports: int = 9,
               greedy_scales=(), fds_init: str = 'config',
               fds_step_sizes: dict | None = None,
@@ -463,23 +490,28 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
       log(f'seed {seed} {m:<10} spent {spent:9.0f} steps, {seconds:6.1f} s '
           f'{json.dumps(_jsonable(info))[:150]}')
 
-  # The same evaluation for every method: unique schedules retrained once.
+  # The same evaluation for every method, paired: within HPO seed i, every
+  # method's schedules and the default are retrained from the same
+  # initialisations (eval_inits(i)), so gains over the default are paired.
   points = [budget * (j + 1) / eval_points for j in range(eval_points)]
-  wanted = {}
-  for m, rs in runs.items():
-    for r in rs:
+  default = task.default_hparams()
+  score = {}
+  t0 = time.time()
+  for seed in range(seeds):
+    wanted = {_key(default): default}
+    for m, rs in runs.items():
+      r = rs[seed]
       r['curve'] = [at_budget(r['checkpoints'], b) for b in points]
       r['final'] = at_budget(r['checkpoints'], budget)
       for h in r['curve'] + [r['final']]:
         if h is not None:
           wanted.setdefault(_key(h), h)
-  keys = list(wanted)
-  log(f'evaluating {len(keys)} schedules x {eval_seeds} seeds')
-  t0 = time.time()
-  scores = evaluate(task, [wanted[k] for k in keys], horizon,
-                    [_EVAL_SEED_BASE + i for i in range(eval_seeds)],
-                    eval_batch)
-  score = dict(zip(keys, scores))
+    keys = list(wanted)
+    scores = evaluate(task, [wanted[k] for k in keys], horizon,
+                      eval_inits(seed, eval_seeds), eval_batch)
+    score.update({(seed, k): v for k, v in zip(keys, scores)})
+    for m, rs in runs.items():
+      rs[seed]['default_final'] = score[(seed, _key(default))]
   log(f'evaluation: {time.time() - t0:.1f} s')
 
   results = {'task': task_name, 'horizon': horizon, 'budget': budget,
@@ -493,15 +525,17 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
              'methods': {}}
   for m, rs in runs.items():
     per_seed = []
-    for r in rs:
-      final = score[_key(r['final'])] if r['final'] is not None else (
+    for seed, r in enumerate(rs):
+      final = score[(seed, _key(r['final']))] if r['final'] is not None else (
           (math.nan, math.nan))
       per_seed.append({
           'test_loss': float(final[0]), 'test_accuracy': float(final[1]),
+          'default_test_accuracy': float(r['default_final'][1]),
+          'paired_gain': float(final[1] - r['default_final'][1]),
           'spent': r['spent'], 'seconds': r['seconds'], 'info': r['info'],
-          'curve': [float(score[_key(h)][1]) if h is not None else math.nan
-                    for h in r['curve']],
-          'curve_loss': [float(score[_key(h)][0]) if h is not None
+          'curve': [float(score[(seed, _key(h))][1]) if h is not None
+                    else math.nan for h in r['curve']],
+          'curve_loss': [float(score[(seed, _key(h))][0]) if h is not None
                          else math.nan for h in r['curve']],
           'schedule': {k: np.asarray(v).tolist()
                        for k, v in (r['final'] or {}).items()
@@ -538,12 +572,17 @@ def table(results) -> str:
     secs = np.mean([r['seconds'] for r in per_seed])
     ratio = results['ratios'].get('fds' if m == 'fds_zero' else m,
                                   1.0 if m in BLACKBOX else None)
+    gain, half = confidence_interval([r['paired_gain'] for r in per_seed])
     rows.append([LABELS[m], f'{100 * acc[0]:.2f} ± {100 * acc[1]:.2f}',
+                 '-' if m == 'default' else
+                 f'{100 * gain:+.2f} [{100 * (gain - half):+.2f}, '
+                 f'{100 * (gain + half):+.2f}]',
                  f'{loss[0]:.3f} ± {loss[1]:.3f}', f'{spent:,.0f}',
                  f'{spent / T:.1f}', _iterations(m, per_seed),
                  '-' if ratio is None else f'{ratio:.2f}', f'{secs:.0f}'])
   return common.markdown_table(
-      ['method', 'test acc % (mean ± std)', 'test loss',
+      ['method', 'test acc % (mean ± std)',
+       'paired gain over default, points [95% CI]', 'test loss',
        'inner steps (equiv.)',
        '= runs of T', 'search iterations', 'cost of one (x T)',
        'search wall s'], rows)
@@ -620,8 +659,11 @@ def write(results, out_dir, command, tag=''):
       f"one run relative to plain training (plain T steps = "
       f"{r['ratios']['plain_seconds']:.2f} s): {ratios}. Test accuracy: "
       f"schedule retrained from scratch for T steps, mean over "
-      f"{r['eval_seeds']} fixed init seeds, then mean ± std over "
-      f"{r['seeds']} HPO seeds. Black-box objective: validation loss at "
+      f"{r['eval_seeds']} initialisations, then mean ± std over "
+      f"{r['seeds']} HPO seeds. Paired gain: within each HPO seed the "
+      f"default schedule is retrained from the same initialisations; the "
+      f"interval is the 95% Student-t interval of the mean gain over HPO "
+      f"seeds (an interval above 0: a gain that is not seed luck). Black-box objective: validation loss at "
       f"the end of training; black-box lr pieces: "
       f"{r['blackbox_lr_intervals']}. FDS/reverse init: {r['fds_init']}, "
       f"outer step sizes {r['fds_step_sizes']}; "

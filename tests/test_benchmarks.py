@@ -95,3 +95,22 @@ def test_report_sections_are_read_back_by_title(tmp_path):
   assert run_bench._read_sections(str(tmp_path / 'absent.md')) == {}
   # Every section the report can hold is found under its own title.
   assert {t for t, _ in run_bench.RUNNERS.values()} >= set(sections)
+
+
+def test_hpo_table_gains_are_paired_with_the_default(tiny_table):
+  results, _ = tiny_table
+  (default,) = results['methods']['default']
+  assert default['paired_gain'] == 0.0   # the same inits: exactly paired
+  for m, (r,) in results['methods'].items():
+    assert r['default_test_accuracy'] == default['test_accuracy'], m
+    assert r['paired_gain'] == pytest.approx(
+        r['test_accuracy'] - default['test_accuracy']), m
+
+
+def test_confidence_interval_is_student_t():
+  # n = 5, mean 2, sample sd 1: half-width t_{0.975, 4} / sqrt(5).
+  mean, half = hpo_table.confidence_interval([1.0, 1.5, 2.0, 2.5, 3.0])
+  assert mean == pytest.approx(2.0)
+  sd = np.std([1.0, 1.5, 2.0, 2.5, 3.0], ddof=1)
+  assert half == pytest.approx(2.776 * sd / np.sqrt(5))
+  assert math.isnan(hpo_table.confidence_interval([1.0])[1])

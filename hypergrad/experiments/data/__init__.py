@@ -10,6 +10,7 @@ Sources, in the order they are tried for each name:
 
 * ``'mnist1d'``: generated locally by the ``mnist1d`` package (never its
   download path); 4000 train / 1000 test signals of length 40, 10 classes.
+  ``'mnist1d_large'``: the same generator, 20,000 / 5,000 signals.
   Stored as ``(N, 40, 1)`` (length, channel), so 1-D convolutions apply
   directly and MLPs flatten it.
 * ``'digits'``: scikit-learn's bundled 8x8 digits (1797 images); a fixed 20%
@@ -43,6 +44,7 @@ portion, of which ``val_fraction`` becomes the validation split)::
 
     dataset         train N  test N  example shape  train inputs  test inputs  all arrays
     mnist1d            4000    1000  (40, 1)             0.64 MB      0.16 MB     0.82 MB
+    mnist1d_large     20000    5000  (40, 1)             3.20 MB      0.80 MB     4.10 MB
     digits             1437     360  (8, 8, 1)           0.37 MB      0.09 MB     0.47 MB
     mnist             60000   10000  (28, 28, 1)       188.16 MB     31.36 MB   219.80 MB
     fashion_mnist     60000   10000  (28, 28, 1)       188.16 MB     31.36 MB   219.80 MB

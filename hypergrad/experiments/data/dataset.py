@@ -8,7 +8,8 @@ import numpy as np
 
 
 DATASET_NAMES = (
-    'mnist1d', 'digits', 'fashion_mnist', 'mnist', 'svhn_cropped', 'cifar10')
+    'mnist1d', 'mnist1d_large', 'digits', 'fashion_mnist', 'mnist',
+    'svhn_cropped', 'cifar10')
 _ALIASES = {'svhn': 'svhn_cropped'}
 
 DEBIAN_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
