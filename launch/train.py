@@ -284,13 +284,19 @@ def _run(config, kinds, config_json, workdir, resume):
   try:
     state, records = search.init(hparams0, opt), []
     if resume:
-      state, records, meta = checkpointer.restore_latest(state,
-                                                         with_meta=True)
-      if json.loads(meta.get('config', 'null') or 'null') != json.loads(
-          config_json):
+      restored = checkpointer.restore_latest(state, with_meta=True)
+      if restored is None:
+        # Killed before its first checkpoint: its config.json says whose
+        # run this is, and it starts again from the beginning.
+        with open(os.path.join(workdir, 'config.json')) as f:
+          recorded = f.read()
+      else:
+        state, records, meta = restored
+        recorded = meta.get('config', 'null') or 'null'
+      if json.loads(recorded) != json.loads(config_json):
         raise ConfigError(
-            f'--resume: the checkpoint in {workdir} was made by another '
-            'config; use a new --workdir (or --overwrite).')
+            f'--resume: the run in {workdir} was made by another config; '
+            'use a new --workdir (or --overwrite).')
       logging.info('resumed from outer step %d', state.step)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config_json)

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import time
 
 import numpy as np
 
@@ -38,8 +39,13 @@ class MetricsWriter:
     self._tb = None
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      # tensorboardX names event files by the second and truncates a file
+      # of the same name: a resume within a second of the kill would wipe
+      # the killed process's events. A nanosecond suffix keeps every file,
+      # and keeps them in time order (TensorBoard reads them sorted).
       self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
-                               purge_step=len(records) if records else None)
+                               purge_step=len(records),
+                               filename_suffix=f'.{time.time_ns()}')
     except ImportError:
       logging.warning('tensorboardX not installed: no TensorBoard events.')
     tmp = self.path + '.tmp'

@@ -96,14 +96,18 @@ def prepare(workdir: str, *, resume: bool, overwrite: bool) -> None:
 
   Raises:
     WorkdirError: ``resume`` and ``overwrite`` together; ``resume`` where no
-      run was checkpointed; a folder holding a run without either flag.
+      run was started (no checkpoint, no config.json); a folder holding a
+      run without either flag.
   """
   if resume and overwrite:
     raise WorkdirError('--resume and --overwrite exclude each other.')
   found = existing_outputs(workdir)
   if resume:
-    if 'checkpoints' not in found or not any(
-        n.isdigit() for n in os.listdir(os.path.join(workdir, 'checkpoints'))):
+    # A run killed before its first checkpoint left its config.json: it is
+    # resumed from its start. An empty or mistyped folder holds no run.
+    checkpointed = 'checkpoints' in found and any(
+        n.isdigit() for n in os.listdir(os.path.join(workdir, 'checkpoints')))
+    if not checkpointed and 'config.json' not in found:
       raise WorkdirError(
           f'--resume: {os.path.abspath(workdir)} holds no checkpointed run '
           'to resume (check the --workdir path).')
