@@ -36,6 +36,11 @@ from hypergrad._src.outer import scale_by_kind
 from hypergrad._src.outer import scale_by_sign_descent
 from hypergrad._src.outer import settled
 from hypergrad._src.outer import sign_descent
+from hypergrad._src.population import PopulationAggregate
+from hypergrad._src.population import PopulationResult
+from hypergrad._src.population import PopulationStats
+from hypergrad._src.population import aggregate_hypergrads
+from hypergrad._src.population import population_hypergrad
 from hypergrad._src.registry import HParamSpec
 from hypergrad._src.registry import InnerOptimizerSpec
 from hypergrad._src.registry import OPTIMIZERS
@@ -79,6 +84,9 @@ __all__ = (
     'OnlineMethod',
     'OptaxState',
     'OuterState',
+    'PopulationAggregate',
+    'PopulationResult',
+    'PopulationStats',
     'Progress',
     'ProjectState',
     'RTHOState',
@@ -90,6 +98,7 @@ __all__ = (
     'TruncatedState',
     'UnrollInfo',
     '__version__',
+    'aggregate_hypergrads',
     'chain',
     'constant',
     'expand',
@@ -108,6 +117,7 @@ __all__ = (
     'optax_step',
     'outer_init',
     'outer_step',
+    'population_hypergrad',
     'project',
     'reparametrize',
     'resample',
