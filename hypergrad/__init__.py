@@ -36,6 +36,7 @@ from hypergrad._src.outer import scale_by_kind
 from hypergrad._src.outer import scale_by_sign_descent
 from hypergrad._src.outer import settled
 from hypergrad._src.outer import sign_descent
+from hypergrad._src.population import AGGREGATES
 from hypergrad._src.population import PopulationAggregate
 from hypergrad._src.population import PopulationResult
 from hypergrad._src.population import PopulationStats
@@ -73,6 +74,7 @@ from hypergrad._src.unroll import unroll
 from hypergrad._src.version import __version__
 
 __all__ = (
+    'AGGREGATES',
     'DivergenceError',
     'Estimator',
     'Forward',

@@ -14,6 +14,11 @@ only parses flags. Config fields (see ``launch/configs/base.py``):
   one counts as diverged (0: only NaN/Inf).
 * ``estimator``: ``forward`` (FDS) or ``reverse``; ``chunk_size``,
   ``checkpoint_every``: their memory knobs.
+* ``population``: inner runs per outer step (``S``; each its own validation
+  split and initialisation, one vmapped program); ``aggregate``
+  (``mean``/``median``/``trimmed_mean``/``sign_vote``) combines their
+  hypergradients and ``min_agreement`` (0: off) leaves a value whose sign
+  agreement is below it in place (undecided).
 * ``redraw_val``, ``fresh_init``: per-outer-step validation split and inner
   initialisation.
 * ``retrain_inits``: initialisations the learned and the default schedules
@@ -114,6 +119,18 @@ def validate_config(config) -> list[str]:
                       f'{config.val_fraction}.')
   if not 0.0 < config.tol < 1.0:
     raise ConfigError(f'tol must be in (0, 1), got {config.tol}.')
+  population = config.population
+  if (not isinstance(population, int) or isinstance(population, bool)
+      or population < 1):
+    raise ConfigError(f'population must be an integer >= 1, got '
+                      f'{population!r}.')
+  if config.aggregate not in hypergrad.AGGREGATES:
+    raise ConfigError(f'unknown aggregate {config.aggregate!r}; known: '
+                      f'{", ".join(hypergrad.AGGREGATES)}.')
+  if not _is_real(config.min_agreement) or not (
+      0.0 <= config.min_agreement <= 1.0):
+    raise ConfigError(f'min_agreement must be in [0, 1] (0: off), got '
+                      f'{config.min_agreement!r}.')
   factor = config.get('divergence_factor', 0.0)
   if not _is_real(factor) or not (factor == 0 or 1 < factor < math.inf):
     raise ConfigError('divergence_factor must be 0 (off) or a finite number '
@@ -177,16 +194,19 @@ def _hypergrad_fn(config, task):
   def on_result(result, split):
     jax.block_until_ready(result.hypergrads)
     jax.effects_barrier()
+    final_state, nonfinite_step = fds_lib.first_member(result)
     extra['val_accuracy'] = (
-        task.evaluate(result.info.final_state, 'val', split)['accuracy']
-        if int(result.info.nonfinite_step) < 0 else float('nan'))
+        task.evaluate(final_state, 'val', split)['accuracy']
+        if nonfinite_step < 0 else float('nan'))
 
   inner = fds_lib.make_hypergrad_fn(
       task, fds_lib.estimator_from_config(config), config.horizon,
       seed=config.seed, redraw_val=config.redraw_val,
       fresh_init=config.fresh_init,
       progress=hypergrad.Progress(on_step, progress_every),
-      on_result=on_result)
+      on_result=on_result, population=config.population,
+      aggregate=config.aggregate,
+      min_agreement=config.min_agreement or None)
 
   def fn(hparams, outer_step):
     bar['bar'] = tqdm_auto.tqdm(total=config.horizon, leave=False,
@@ -217,6 +237,17 @@ def _retrain(task, hparams, steps: int, seeds) -> dict:
           'val_accuracy': float(np.mean(vals)),
           'test_accuracies': [t['accuracy'] for t in tests],
           'diverged': False}
+
+
+def _agreement_text(record, config) -> str:
+  """`, sign agreement min/mean, k undecided` for a population's step."""
+  agreement = record.get('sign_agreement')
+  if not agreement:
+    return ''
+  values = np.concatenate([np.ravel(v) for v in agreement.values()])
+  undecided = int(np.sum(values < (config.min_agreement or 0.0)))
+  return (f', sign agreement min {values.min():.2f} mean {values.mean():.2f}'
+          f', {undecided}/{values.size} undecided')
 
 
 def _status(record, config) -> str:
@@ -317,10 +348,10 @@ def _run(config, kinds, config_json, workdir, resume):
       metrics.write(record)
       checkpointer.save(state, records, {'config': config_json})
       bar.update(1)
-      logging.info('outer step %d %s: val loss %.4f, val acc %.4f, %.1fs',
+      logging.info('outer step %d %s: val loss %.4f, val acc %.4f, %.1fs%s',
                    record['outer_step'], _status(record, config),
                    record['val_loss'], record['val_accuracy'],
-                   record['seconds'])
+                   record['seconds'], _agreement_text(record, config))
     bar.close()
     metrics.close()
   finally:
@@ -352,12 +383,20 @@ def _report(config, kinds, task, state, records, workdir, start,
   plotting.plot_validation(records, os.path.join(workdir, 'validation.png'),
                            baseline=results['default']['val_accuracy'],
                            title=f'FDS on {config.task}')
+  if config.population > 1:
+    plotting.plot_sign_agreement(
+        records, os.path.join(workdir, 'sign_agreement.png'),
+        threshold=config.min_agreement or None,
+        title=f'FDS on {config.task}: population of {config.population}')
   learned, default = results['learned'], results['default']
   gain = (None if learned['diverged'] or default['diverged'] else
           learned['test_accuracy'] - default['test_accuracy'])
   summary = {
       'task': config.task,
       'estimator': config.estimator,
+      'population': config.population,
+      'aggregate': config.aggregate,
+      'min_agreement': config.min_agreement,
       'horizon': config.horizon,
       'outer_steps': state.step,
       'converged': state.converged,

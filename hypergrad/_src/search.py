@@ -31,6 +31,7 @@ import optax
 
 from hypergrad._src import estimator as estimator_lib
 from hypergrad._src import outer
+from hypergrad._src import population as population_lib
 from hypergrad._src import validation
 
 PyTree = Any
@@ -134,7 +135,9 @@ def step(hypergrad_fn: HypergradFn, opt: optax.GradientTransformation,
   Args:
     hypergrad_fn: ``hypergrad_fn(hparams, outer_step)`` returning a
       :class:`hypergrad.HypergradResult` (whose unroll info locates a
-      divergence) or a pair ``(val_loss, hypergrads)``; the outer step index
+      divergence), a :class:`hypergrad.PopulationResult` (its mean loss and
+      aggregate; its members' sign agreement is recorded) or a pair
+      ``(val_loss, hypergrads)``; the outer step index
       lets it re-draw the validation split or the inner initialisation
       reproducibly.
     opt: the outer optimiser, any optax ``GradientTransformation`` (e.g.
@@ -156,7 +159,8 @@ def step(hypergrad_fn: HypergradFn, opt: optax.GradientTransformation,
     ``(new_state, record)`` where ``record`` holds the step's metrics:
     ``outer_step``, ``val_loss``, ``accepted``, ``reason`` (why a step was
     rejected, else ''), ``nonfinite_step`` (first non-finite inner step, -1
-    if none, None if unknown), ``hypergrad_norm``, ``hypergrads``,
+    if none, None if unknown), ``sign_agreement`` (a population's, like
+    ``hparams``; else None), ``hypergrad_norm``, ``hypergrads``,
     ``hparams`` (the values evaluated), ``step_sizes`` (sign descent's, else
     None), ``seconds``.
 
@@ -170,15 +174,22 @@ def step(hypergrad_fn: HypergradFn, opt: optax.GradientTransformation,
   _check_collapse(collapse_loss)
   start = time.perf_counter()
   out = hypergrad_fn(state.hparams, state.step)
+  sign_agreement = None
   if isinstance(out, estimator_lib.HypergradResult):
     loss, grads, info = out
     nonfinite_step = int(info.nonfinite_step)
+  elif isinstance(out, population_lib.PopulationResult):
+    loss, grads, stats = out
+    bad = np.asarray(stats.nonfinite_step)
+    nonfinite_step = int(bad[bad >= 0].min()) if (bad >= 0).any() else -1
+    sign_agreement = stats.sign_agreement
   else:
     (loss, grads), nonfinite_step = out, None
   loss = float(jax.block_until_ready(loss))
   record = {'outer_step': state.step, 'hparams': state.hparams,
             'val_loss': loss, 'hypergrads': grads,
-            'nonfinite_step': nonfinite_step}
+            'nonfinite_step': nonfinite_step,
+            'sign_agreement': sign_agreement}
   # The first step's loss (init leaves it nan) is the scale of "exploded".
   initial_loss = state.initial_loss
   if not np.isfinite(initial_loss):

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+import jax
+
 import hypergrad
 from hypergrad._src import schedule
+from hypergrad._src import validation
 from hypergrad.experiments import tasks as tasks_lib
 
 # Outer-step seeds: distinct per run seed and outer step, reproducible.
@@ -26,6 +29,22 @@ ESTIMATOR_NAMES = ('forward', 'reverse')
 def outer_seed(seed: int, outer_step: int) -> int:
   """The seed of outer step ``outer_step`` of a run with seed ``seed``."""
   return seed * SEED_STRIDE + outer_step
+
+
+def member_seed(step_seed: int, member: int) -> int:
+  """The seed of population member ``member`` at an outer step's seed.
+
+  Member 0 is the single run's seed, so a population of 1 is the same run.
+  """
+  return step_seed + member * 10**7
+
+
+def first_member(result) -> tuple[Any, int]:
+  """``(final_state, nonfinite_step)`` of a result's (first) inner run."""
+  if isinstance(result, hypergrad.PopulationResult):
+    return (jax.tree.map(lambda x: x[0], result.stats.final_states),
+            int(result.stats.nonfinite_step[0]))
+  return result.info.final_state, int(result.info.nonfinite_step)
 
 
 def estimator_from_config(config) -> hypergrad.Estimator:
@@ -57,9 +76,16 @@ def make_hypergrad_fn(
     task: tasks_lib.Task, estimator: hypergrad.Estimator, horizon: int, *,
     seed: int, redraw_val: bool = True, fresh_init: bool = True,
     progress: hypergrad.Progress | None = None,
-    on_result: Callable[[hypergrad.HypergradResult, Any], None] | None = None
-) -> Callable[[Any, int], hypergrad.HypergradResult]:
-  """FDS's ``hypergrad_fn(hparams, outer_step) -> HypergradResult`` for a task.
+    on_result: Callable[[Any, Any], None] | None = None,
+    population: int = 1, aggregate: str = 'mean',
+    min_agreement: float | None = None) -> Callable[[Any, int], Any]:
+  """FDS's ``hypergrad_fn(hparams, outer_step)`` for a task.
+
+  With ``population=S > 1`` each outer step's hypergradient aggregates ``S``
+  inner runs in one program (:func:`hypergrad.population_hypergrad`), each
+  member with its own validation split and initialisation, and returns a
+  :class:`hypergrad.PopulationResult` (the outer loop records its sign
+  agreement); otherwise a :class:`hypergrad.HypergradResult`.
 
   Args:
     task: the task.
@@ -70,7 +96,11 @@ def make_hypergrad_fn(
     fresh_init: re-initialise the network at every outer step (FDS).
     progress: host progress callback for the inner run.
     on_result: called with ``(result, split)`` after each hypergradient,
-      e.g. to evaluate the trained network on that step's validation split.
+      e.g. to evaluate the trained network on that step's validation split
+      (a population's first member's split).
+    population: inner runs per outer step, ``S >= 1``.
+    aggregate, min_agreement: how a population's hypergradients combine
+      (see :func:`hypergrad.population_hypergrad`); ignored for ``S = 1``.
 
   Returns:
     The function :func:`hypergrad.fds_search` takes; the same compiled
@@ -81,14 +111,25 @@ def make_hypergrad_fn(
     raise TypeError(f'estimator must be an estimator value, got '
                     f'{estimator!r}.')
 
-  def fn(hparams, outer_step: int) -> hypergrad.HypergradResult:
+  population = validation.check_int(population, 'population')
+
+  def fn(hparams, outer_step: int):
     s = outer_seed(seed, outer_step)
-    split = task.split(s) if redraw_val else task.default_split()
-    state = task.init_state(s if fresh_init else seed)
-    result = estimator(task.step_fn(split), task.loss_fn(split), state,
-                       hparams, horizon, progress=progress)
+    seeds = [member_seed(s, i) for i in range(population)]
+    splits = [task.split(x) if redraw_val else task.default_split()
+              for x in seeds]
+    states = [task.init_state(x if fresh_init else seed) for x in seeds]
+    if population == 1:
+      result = estimator(task.step_fn(splits[0]), task.loss_fn(splits[0]),
+                         states[0], hparams, horizon, progress=progress)
+    else:
+      result = hypergrad.population_hypergrad(
+          [task.step_fn(x) for x in splits], [task.loss_fn(x) for x in splits],
+          jax.tree.map(lambda *xs: jax.numpy.stack(xs), *states), hparams,
+          horizon, estimator=estimator, aggregate=aggregate,
+          min_agreement=min_agreement)
     if on_result is not None:
-      on_result(result, split)
+      on_result(result, splits[0])
     return result
 
   return fn

@@ -95,3 +95,40 @@ def plot_validation(records: Sequence[Mapping], path: str,
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def plot_sign_agreement(records: Sequence[Mapping], path: str,
+                        threshold: float | None = None,
+                        title: str = '') -> None:
+  """Each value's sign agreement over a population, per outer step (heat map).
+
+  Rows are schedule values (``lr[0]``, ...), columns outer steps; a value
+  below ``threshold`` was undecided and left in place.
+  """
+  plt = _pyplot()
+  rows = [r for r in records if r.get('sign_agreement')]
+  if not rows:
+    return
+  names = [f'{k}[{i}]' for k, v in rows[0]['sign_agreement'].items()
+           for i in range(np.size(v))]
+  grid = np.array([np.concatenate([np.ravel(v) for v in
+                                   r['sign_agreement'].values()])
+                   for r in rows]).T
+  fig, ax = plt.subplots(figsize=(4.5 + 0.4 * len(rows),
+                                  1.5 + 0.3 * len(names)))
+  image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap='viridis', aspect='auto')
+  ax.set_xticks(range(len(rows)), [str(r['outer_step']) for r in rows])
+  ax.set_yticks(range(len(names)), names)
+  ax.set_xlabel('outer step')
+  ax.set_ylabel('schedule value')
+  label = 'sign agreement'
+  if threshold:
+    label += f' (x: undecided, < {threshold:g})'
+    for j, i in zip(*np.nonzero(grid.T < threshold)):
+      ax.text(j, i, 'x', ha='center', va='center', color='w', fontsize=7)
+  fig.colorbar(image, ax=ax, label=label)
+  if title:
+    ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
