@@ -134,8 +134,9 @@ def test_finished_run_without_checkpoints_is_not_overwritten(uninterrupted,
   with pytest.raises(train.ConfigError, match='already holds a run'):
     train.train_and_evaluate(_tiny_config(), workdir)
   assert open(os.path.join(workdir, 'metrics.csv')).read() == before
-  with pytest.raises(train.ConfigError, match='no checkpointed run'):
+  with pytest.raises(train.ConfigError, match='finished run whose checkpoints'):
     train.train_and_evaluate(_tiny_config(), workdir, resume=True)
+  assert open(os.path.join(workdir, 'metrics.csv')).read() == before
   # --overwrite starts over: no output of the old run is left beside it.
   os.utime(os.path.join(workdir, 'summary.json'), (0, 0))
   summary = train.train_and_evaluate(_tiny_config(outer_steps=1), workdir,

@@ -107,6 +107,10 @@ def prepare(workdir: str, *, resume: bool, overwrite: bool) -> None:
     # resumed from its start. An empty or mistyped folder holds no run.
     checkpointed = 'checkpoints' in found and any(
         n.isdigit() for n in os.listdir(os.path.join(workdir, 'checkpoints')))
+    if not checkpointed and 'summary.json' in found:
+      raise WorkdirError(
+          f'--resume: {os.path.abspath(workdir)} holds a finished run whose '
+          'checkpoints are gone: nothing to resume; --overwrite starts over.')
     if not checkpointed and 'config.json' not in found:
       raise WorkdirError(
           f'--resume: {os.path.abspath(workdir)} holds no checkpointed run '
