@@ -17,8 +17,8 @@ from hypergrad._src.forward import forward
 from hypergrad._src.forward import forward_hypergrad
 from hypergrad._src.hd import HDState
 from hypergrad._src.hd import hypergradient_descent
-from hypergrad._src.inner import OptaxState
 from hypergrad._src.inner import SGD_HPARAMS
+from hypergrad._src.inner import OptaxState
 from hypergrad._src.inner import SGDState
 from hypergrad._src.inner import optax_init
 from hypergrad._src.inner import optax_step
@@ -42,9 +42,9 @@ from hypergrad._src.population import PopulationResult
 from hypergrad._src.population import PopulationStats
 from hypergrad._src.population import aggregate_hypergrads
 from hypergrad._src.population import population_hypergrad
+from hypergrad._src.registry import OPTIMIZERS
 from hypergrad._src.registry import HParamSpec
 from hypergrad._src.registry import InnerOptimizerSpec
-from hypergrad._src.registry import OPTIMIZERS
 from hypergrad._src.reverse import Reverse
 from hypergrad._src.reverse import reverse
 from hypergrad._src.reverse import reverse_hypergrad

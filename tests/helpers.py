@@ -8,7 +8,6 @@ import numpy as np
 
 import hypergrad
 
-
 # The library's reference, re-exported for the tests.
 finite_difference = hypergrad.finite_difference
 

@@ -20,10 +20,10 @@ import jax
 import numpy as np
 import pytest
 
-from hypergrad.experiments import checkpoint as ckpt_lib
 import hypergrad
 from hypergrad._src import schedule
 from hypergrad._src import search
+from hypergrad.experiments import checkpoint as ckpt_lib
 from hypergrad.experiments import tasks as tasks_lib
 from launch import train
 from launch.configs import mnist1d_mlp

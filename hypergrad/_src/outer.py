@@ -175,9 +175,11 @@ class _ProjectUpdate(NamedTuple):
       by_name = dict(self.bounds)
       # Kinds absent from the mapping are unbounded, so that one mapping of
       # bounds fits any subset of an optimiser's hyperparameters.
-      per_leaf = {k: jax.tree.map(
-          lambda _, b=by_name.get(k, (-math.inf, math.inf)): b, p)
-                  for k, p in params.items()}
+      unbounded = (-math.inf, math.inf)
+      per_leaf = {}
+      for k, p in params.items():
+        b = by_name.get(k, unbounded)
+        per_leaf[k] = jax.tree.map(lambda _, b=b: b, p)
     else:
       per_leaf = jax.tree.map(lambda _: self.bounds, params)
     moved = jax.tree.map(lambda h, u: h + u, params, updates)

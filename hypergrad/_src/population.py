@@ -48,7 +48,6 @@ import numpy as np
 
 from hypergrad._src import estimator as estimator_lib
 from hypergrad._src import forward as forward_lib
-from hypergrad._src import schedule
 from hypergrad._src import unroll as unroll_lib
 from hypergrad._src import validation
 

@@ -25,12 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hypergrad.experiments import data as data_lib
 from hypergrad._src import inner
 from hypergrad._src import registry
-from hypergrad.experiments import models as models_lib
 from hypergrad._src import schedule
 from hypergrad._src import unroll as unroll_lib
+from hypergrad.experiments import data as data_lib
+from hypergrad.experiments import models as models_lib
 
 PyTree = Any
 

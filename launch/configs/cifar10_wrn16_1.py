@@ -3,9 +3,10 @@ r"""FDS on CIFAR-10 with WRN-16-1, batch 256, augmentation: the paper's setting.
 About 50 epochs (10^4 inner steps) per hypergradient; learns 7 lr pieces,
 momentum and weight decay from 0.
 
-Data: a prepared tensorflow-datasets data_dir with `cifar10` (`--data_dir`).
+Data: a prepared tensorflow-datasets data_dir with `cifar10` (`--config.data_dir`).
 
-    python -m launch.fds --config launch/configs/cifar10_wrn16_1.py --config.data_dir=$HOME/tensorflow_datasets \
+    python -m launch.fds --config launch/configs/cifar10_wrn16_1.py \
+        --config.data_dir=$HOME/tensorflow_datasets \
         --workdir workdir/cifar10
 
 Run time: hours on one GPU (one hypergradient costs about as much as 5-8

@@ -4,7 +4,8 @@ The standard MNIST-1D task holds out 5% of 3,800 training signals, so its
 validation loss (190 signals) is noisy; here the generator makes 25,000
 signals and the same 5% is 950. Everything else as ``mnist1d_mlp``.
 
-    python -m launch.fds --config launch/configs/mnist1d_large_mlp.py --workdir workdir/mnist1d_large
+    python -m launch.fds --config launch/configs/mnist1d_large_mlp.py \
+        --workdir workdir/mnist1d_large
 
 Run time: ~2-3 min on 2 CPU cores (generation ~10 s). Expected: see
 ``benchmarks/results/hpo_mnist1d_large_mlp.md``.

@@ -7,7 +7,6 @@ from typing import Tuple
 import jax
 import jax.numpy as jnp
 
-
 _FEISTEL_ROUNDS = 6
 
 

@@ -6,7 +6,6 @@ from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-
 DATASET_NAMES = (
     'mnist1d', 'mnist1d_large', 'digits', 'fashion_mnist', 'mnist',
     'svhn_cropped', 'cifar10')

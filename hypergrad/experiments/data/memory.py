@@ -11,7 +11,6 @@ import numpy as np
 
 from hypergrad.experiments.data.dataset import Dataset
 
-
 _SPLITS = ('train', 'val', 'test')
 
 

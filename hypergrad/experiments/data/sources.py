@@ -18,14 +18,14 @@ from typing import Optional, Sequence
 import numpy as np
 
 from hypergrad.experiments.data.dataset import _ALIASES
-from hypergrad.experiments.data.dataset import _check_val_fraction
 from hypergrad.experiments.data.dataset import _IDX_NAMES
 from hypergrad.experiments.data.dataset import _IMAGE_STATS
-from hypergrad.experiments.data.dataset import _make_dataset
 from hypergrad.experiments.data.dataset import DATASET_NAMES
 from hypergrad.experiments.data.dataset import DEBIAN_FASHION_MNIST_DIR
 from hypergrad.experiments.data.dataset import Dataset
 from hypergrad.experiments.data.dataset import DatasetNotFoundError
+from hypergrad.experiments.data.dataset import _check_val_fraction
+from hypergrad.experiments.data.dataset import _make_dataset
 
 _DIGITS_NUM_TEST = 360  # ceil(0.2 * 1797), fixed so the test set never moves.
 _DIGITS_TEST_SEED = 0
@@ -52,7 +52,8 @@ _MNIST1D_SAMPLES = {'mnist1d': 5000, 'mnist1d_large': 25000}
 @functools.lru_cache(maxsize=2)
 def _mnist1d_raw(num_samples: int = 5000):
   # Generation takes ~3-4 s per 5,000, so it is done once per process.
-  from mnist1d.data import get_dataset_args, make_dataset  # pylint: disable=g-import-not-at-top
+  from mnist1d.data import get_dataset_args  # pylint: disable=g-import-not-at-top
+  from mnist1d.data import make_dataset  # pylint: disable=g-import-not-at-top
   # make_dataset reseeds numpy's global RNG; keep the caller's stream intact.
   state = np.random.get_state()
   args = get_dataset_args()
