@@ -126,6 +126,109 @@ class ForwardEqualsReverseTest(parameterized.TestCase):
     chex.assert_trees_all_close(naive, ref, rtol=1e-10, atol=1e-13)
 
 
+class ForwardEqualsReverseLayoutsTest(parameterized.TestCase):
+  """Forward mode (one compiled body, traced interval lookup) == reverse."""
+
+  @parameterized.named_parameters(
+      ('different_n_per_leaf', 5, 2, 3, 30, None),
+      ('n_not_dividing_T', 7, 3, 2, 23, None),
+      ('n_equals_T', 11, 1, 1, 11, None),
+      ('one_interval_each', 1, 1, 1, 9, None),
+      ('chunk_smaller_than_K', 5, 2, 3, 30, 3),
+      ('chunk_of_one', 4, 1, 2, 13, 1),
+      ('chunk_not_dividing_K', 7, 3, 2, 23, 4),
+  )
+  def test_matches_reverse_to_round_off(self, n_lr, n_mom, n_wd, t, chunk):
+    step_fn, loss_fn, state = helpers.sgd_problem()
+    hparams = {'lr': jnp.linspace(0.03, 0.1, n_lr),
+               'momentum': jnp.linspace(0.5, 0.8, n_mom),
+               'weight_decay': jnp.linspace(1e-3, 1e-2, n_wd)}
+    ref = hypergrad.reverse()(step_fn, loss_fn, state, hparams, t)
+    for skip in (True, False):
+      out = hypergrad.forward(chunk, skip_unstarted=skip)(
+          step_fn, loss_fn, state, hparams, t)
+      chex.assert_trees_all_equal_shapes_and_dtypes(out.hypergrads, hparams)
+      chex.assert_trees_all_close(out.hypergrads, ref.hypergrads,
+                                  rtol=1e-10, atol=1e-14)
+      chex.assert_trees_all_close(out.loss, ref.loss, rtol=1e-12)
+      chex.assert_trees_all_close(out.info.final_state, ref.info.final_state,
+                                  rtol=1e-12)
+      self.assertEqual(int(out.info.nonfinite_step), -1)
+
+  def test_trailing_axes_with_chunks(self):
+    train_loss, val_loss, params = helpers.regression_problem()
+    step_fn = hypergrad.sgd_momentum_step(train_loss)
+    loss_fn = lambda s: val_loss(s.params)
+    state = hypergrad.sgd_init(params)
+    hparams = {'lr': {'a': jnp.full((3, 4), 0.07), 'b': jnp.array([0.1])},
+               'momentum': jnp.array([0.5, 0.6])}
+    ref = hypergrad.reverse()(step_fn, loss_fn, state, hparams, 14)
+    out = hypergrad.forward(chunk_size=5)(step_fn, loss_fn, state, hparams, 14)
+    chex.assert_trees_all_close(out.hypergrads, ref.hypergrads, rtol=1e-10,
+                                atol=1e-14)
+
+
+class SkipUnstartedTest(parameterized.TestCase):
+
+  def test_unbegun_tangents_are_not_pushed(self):
+    # At step 4 the step's derivative is 0 * inf: any tangent pushed through
+    # it turns NaN, a zero one included. The second lr interval begins at
+    # step 5, so its tangent is only exact if it was not pushed at step 4.
+    def step_fn(w, h, t):
+      u = jnp.where(t == 4, 0.0, 1.0) * w
+      return w + h['lr'] * jnp.sqrt(u)
+
+    args = (step_fn, lambda w: jnp.sum(w ** 2), jnp.ones(2),
+            {'lr': jnp.array([0.1, 0.2])}, 10)
+    out = hypergrad.forward()(*args)
+    self.assertEqual(int(out.info.nonfinite_step), 4)
+    self.assertTrue(np.isnan(out.hypergrads['lr'][0]))
+    ref = hypergrad.reverse()(*args)
+    np.testing.assert_allclose(out.hypergrads['lr'][1],
+                               ref.hypergrads['lr'][1], rtol=1e-12)
+    naive = hypergrad.forward(skip_unstarted=False)(*args)
+    self.assertTrue(np.isnan(naive.hypergrads['lr'][1]))
+
+  def test_progress_reported_once_per_chunk(self):
+    step_fn, loss_fn, state = helpers.sgd_problem()
+    hparams = {'lr': jnp.array([0.05, 0.1, 0.07]),
+               'momentum': jnp.array([0.5])}
+    for chunk, copies in ((None, 1), (2, 2)):
+      seen = []
+      progress = hypergrad.Progress(seen.append, every=3)
+      hypergrad.forward(chunk)(step_fn, loss_fn, state, hparams, 10,
+                               progress=progress)
+      jax.effects_barrier()
+      self.assertEqual(sorted(seen), sorted([0, 3, 6, 9] * copies))
+
+
+class OneCompiledUnrollTest(parameterized.TestCase):
+
+  @parameterized.parameters(None, 3)
+  def test_compiles_one_unroll_whatever_the_intervals(self, chunk):
+    # The old scheme traced (and compiled) one scan body per interval
+    # boundary; now the step is traced the same number of times for 1 or 9
+    # learning-rate intervals, and for one chunk or several.
+    step_fn, loss_fn, state = helpers.sgd_problem()
+    counts = []
+    for n in (1, 9):
+      traces = []
+
+      def counted(s, h, t, traces=traces):
+        traces.append(t)
+        return step_fn(s, h, t)
+
+      for lr in (0.05, 0.07):  # new values: no retrace
+        hypergrad.forward(chunk)(counted, loss_fn, state,
+                                 {'lr': jnp.full((n,), lr),
+                                  'momentum': jnp.array([0.5])}, 18)
+        counts.append(len(traces))
+    self.assertEqual(counts[0], counts[1])  # n = 1, new values
+    self.assertEqual(counts[2], counts[3])  # n = 9, new values
+    self.assertEqual(counts[0], counts[2])
+    self.assertLessEqual(counts[0], 3)
+
+
 class CompilationTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)

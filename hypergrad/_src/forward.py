@@ -13,16 +13,25 @@ Two things keep this cheap (Micaelli & Storkey 2021):
 
 * values are shared over contiguous intervals, so there are few tangents;
 * the tangent of a value of interval ``i`` is exactly zero before interval
-  ``i`` begins, so the unroll is cut into segments at interval boundaries and
-  each segment only carries the tangents that have begun. With 7 learning-rate
-  intervals plus momentum and weight decay, that is 6 tangents on average
-  instead of 9.
+  ``i`` begins, so it is neither stored as begun nor pushed until then. With
+  7 learning-rate intervals plus momentum and weight decay, that is 6 tangent
+  pushes per step on average instead of 9.
 
-Within a segment every hyperparameter is constant, so the schedule is indexed
-statically and the tangent engine (:mod:`hypergrad._src.tangents`) linearises
-the step once and applies its linear map to the whole tangent batch: the
-primal step and its residuals are computed once per inner step, not once per
-tangent.
+The unroll is one ``lax.scan`` over all ``T`` steps, compiled once whatever
+the number of intervals: the step looks its hyperparameters up from ``t``,
+the tangent engine (:mod:`hypergrad._src.tangents`) linearises it once (the
+primal step and its residuals are computed once per inner step, not once
+per tangent), and a loop with a traced trip count applies the linear map to
+the tangents begun so far, one at a time. Directions are sorted by the step
+they begin, so the begun ones are always a prefix of the batch.
+
+An earlier version cut the unroll at every interval boundary and compiled a
+scan body per segment, each with its own tangent batch size: compile time
+grew with the number of intervals (8 s for 7 lr intervals, 36 s for 30, on
+the MLP of ``benchmarks/forward_cost.py`` on 2 CPU cores, against 0.6 s for
+the plain unroll). The single body compiles in about 3 plain-unroll compile
+times and runs as fast per tangent (``benchmarks/forward_cost.py`` prints
+both).
 """
 
 from __future__ import annotations
@@ -67,75 +76,74 @@ def directions(hparams: PyTree, num_steps: int,
   return sorted(out, key=lambda d: (d.start, d.flat))
 
 
-def _hparam_tangents(hparams_leaves, dirs, intervals):
-  """Tangents of ``hparams_t`` for each direction within one segment.
+class _Rows(NamedTuple):
+  """The tangents of one chunk, described by arrays (one row per tangent).
 
-  Direction (l, i, j) moves entry j of leaf l only while interval i is in
-  force; elsewhere its tangent of ``hparams_t`` is zero.
+  Rows past the chunk's directions are padding: they never begin.
   """
-  out = []
-  for l, leaf in enumerate(hparams_leaves):
-    tail_shape = leaf.shape[1:]
-    tail = int(np.prod(tail_shape, dtype=np.int64))
-    t = np.zeros((len(dirs), tail), dtype=leaf.dtype)
-    for k, d in enumerate(dirs):
-      if d.leaf == l and d.interval == intervals[l]:
-        t[k, d.entry] = 1
-    out.append(jnp.asarray(t.reshape((len(dirs),) + tail_shape)))
-  return out
+  start: Any  # int32 (C,): first step at which the row is pushed
+  interval: Any  # int32 (C,): the interval its value is shared over
+  onehot: tuple  # per hparams leaf, (C, *leaf.shape[1:]): 1 at its entry
 
 
-def _chunk_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps, dirs,
+def _rows(h_leaves, dirs: list[Direction], size: int, num_steps: int) -> _Rows:
+  """NumPy rows of ``dirs`` padded to ``size`` with never-begun rows."""
+  start = np.full((size,), num_steps, np.int32)
+  interval = np.zeros((size,), np.int32)
+  onehot = [np.zeros((size, int(np.prod(h.shape[1:], dtype=np.int64))),
+                     h.dtype) for h in h_leaves]
+  for k, d in enumerate(dirs):
+    start[k], interval[k] = d.start, d.interval
+    onehot[d.leaf][k, d.entry] = 1
+  return _Rows(start, interval, tuple(
+      o.reshape((size,) + h.shape[1:]) for o, h in zip(onehot, h_leaves)))
+
+
+def _chunk_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps, rows,
                      progress=None):
-  """Loss, hypergradient values and unroll info for one chunk of directions."""
+  """Loss, hypergradient values and unroll info for one chunk of rows.
+
+  One ``lax.scan`` over all ``num_steps`` steps, whatever the schedules: the
+  step looks its hyperparameters up from ``t``, and the rows whose interval
+  has begun (a prefix, rows being sorted by start) are pushed by
+  :func:`tangents.push_rows`, a loop whose trip count is traced. Rows not
+  yet begun are exactly zero and are neither read nor pushed.
+  """
   report = unroll_lib.progress_reporter(progress, num_steps)
   h_leaves, h_def = jax.tree.flatten(hparams)
   split = unroll_lib.split_state(init_state)
   step, merge = tangents_lib.step_pieces(step_fn, split)
-  diff, rest = split.diff, split.rest
-  tangents = None  # list of (k, *leaf.shape) arrays, one per diff leaf
-  bad = jnp.int32(-1)  # first step whose output is non-finite
 
-  for seg in schedule.segments(hparams, num_steps):
-    active = [d for d in dirs if d.start <= seg.start]
-    h_seg = jax.tree.unflatten(
-        h_def, [h[c] for h, c in zip(h_leaves, seg.intervals)])
-    length = seg.stop - seg.start
-    t0 = jnp.int32(seg.start)
+  def body(carry, _):
+    diff, rest, tangents, t, bad = carry
+    report(t)
+    h_t = schedule.hparams_at(hparams, t, num_steps)
+    new_diff, new_rest, lin = tangents_lib.linearize(step, diff, rest, h_t, t)
+    # The interval in force for each leaf: a row's value moves h_t only
+    # while its own interval is.
+    now = [schedule.interval_index(t, h.shape[0], num_steps)
+           for h in h_leaves]
 
-    # The step index rides in the carry rather than as scanned-over input:
-    # an int32[T] input would make memory grow with the horizon.
-    if not active:
-      def plain_body(carry, _, h_seg=h_seg):
-        diff_, rest_, t, bad_ = carry
-        report(t)
-        new_diff, new_rest = step(diff_, rest_, h_seg, t)
-        bad_ = unroll_lib.first_nonfinite(bad_, t, new_diff)
-        return (new_diff, new_rest, t + 1, bad_), None
-      diff, rest, _, bad = jax.lax.scan(plain_body, (diff, rest, t0, bad),
-                                        None, length)[0]
-      continue
+    def direction(i):
+      on = jax.lax.dynamic_index_in_dim(rows.interval, i, keepdims=False)
+      return jax.tree.unflatten(h_def, [
+          jax.lax.dynamic_index_in_dim(o, i, keepdims=False)
+          * (on == c).astype(o.dtype) for o, c in zip(rows.onehot, now)])
 
-    k = len(active)
-    if tangents is None:
-      tangents = tangents_lib.zeros(k, diff)
-    elif tangents[0].shape[0] < k:
-      pad = tangents_lib.zeros(k - tangents[0].shape[0], diff)
-      tangents = [jnp.concatenate([z, p]) for z, p in zip(tangents, pad)]
-    dh = jax.tree.unflatten(
-        h_def, _hparam_tangents(h_leaves, active, seg.intervals))
+    begun = jnp.sum(rows.start <= t, dtype=jnp.int32)
+    tangents, finite = tangents_lib.push_rows(lin, tangents, begun,
+                                              direction)
+    finite = finite & tangents_lib.all_finite(new_diff)
+    bad = jnp.where((bad < 0) & ~finite, t, bad).astype(jnp.int32)
+    return (new_diff, new_rest, tangents, t + 1, bad), None
 
-    def body(carry, _, h_seg=h_seg, dh=dh):
-      diff_, rest_, tan, t, bad_ = carry
-      report(t)
-      new_diff, new_rest, new_tan = tangents_lib.push(step, diff_, rest_,
-                                                      h_seg, t, tan, dh)
-      bad_ = unroll_lib.first_nonfinite(bad_, t, (new_diff, new_tan))
-      return (new_diff, new_rest, new_tan, t + 1, bad_), None
-
-    diff, rest, tangents, _, bad = jax.lax.scan(
-        body, (diff, rest, tangents, t0, bad), None, length)[0]
-
+  # The step index rides in the carry rather than as scanned-over input:
+  # an int32[T] input would make memory grow with the horizon.
+  carry = (split.diff, split.rest,
+           tangents_lib.zeros(rows.start.shape[0], split.diff),
+           jnp.int32(0), jnp.int32(-1))
+  diff, rest, tangents, _, bad = jax.lax.scan(body, carry, None,
+                                              num_steps)[0]
   loss, g = jax.value_and_grad(lambda d: loss_fn(merge(d, rest)))(diff)
   values = tangents_lib.contract_flat(tangents, g, tangents[0].dtype)
   return loss, values, unroll_lib.UnrollInfo(merge(diff, rest), bad)
@@ -163,25 +171,42 @@ class Forward(estimator_lib.Estimator):
   def compute(self, step_fn, loss_fn, init_state, hparams, num_steps,
               progress=None) -> estimator_lib.HypergradResult:
     dirs = directions(hparams, num_steps, self.skip_unstarted)
-    chunk = self.chunk_size or len(dirs)
+    size = min(self.chunk_size or len(dirs), len(dirs))
+    chunks = [dirs[c:c + size] for c in range(0, len(dirs), size)]
     h_leaves = jax.tree.leaves(hparams)
     total = sum(h.size for h in h_leaves)
+    rows = [_rows(h_leaves, c, size, num_steps) for c in chunks]
+    # Padding rows scatter to index `total`, which is dropped.
+    where = np.full((len(chunks), size), total, np.int64)
+    for c, chunk in enumerate(chunks):
+      where[c, :len(chunk)] = [d.flat for d in chunk]
+
+    def one(r):
+      return _chunk_hypergrad(step_fn, loss_fn, init_state, hparams,
+                              num_steps, r, progress)
+
+    if len(chunks) == 1:
+      loss, values, info = one(jax.tree.map(jnp.asarray, rows[0]))
+      values = values[None]
+    else:
+      # The chunks share one compiled unroll: their rows are scanned over.
+      # Every chunk reruns the same primal; its tangents may blow up.
+      def chunk(carry, r):
+        _, _, bad = carry
+        loss, values, info = one(r)
+        bad = unroll_lib.earliest(bad, info.nonfinite_step)
+        return (loss, info.final_state, bad), values
+
+      loss0 = jnp.zeros((), jax.eval_shape(loss_fn, init_state).dtype)
+      stacked = jax.tree.map(lambda *x: jnp.asarray(np.stack(x)), *rows)
+      (loss, final, bad), values = jax.lax.scan(
+          chunk, (loss0, init_state, jnp.int32(-1)), stacked)
+      info = unroll_lib.UnrollInfo(final, bad)
     # NumPy's rules: a float32 and a float64 schedule in one pytree is fine
     # even under strict jax promotion; every leaf is cast back below.
     flat_dtype = np.result_type(*[h.dtype for h in h_leaves])
-    flat = jnp.zeros((total,), flat_dtype)
-    loss = info = None
-    for c in range(0, len(dirs), chunk):
-      group = dirs[c:c + chunk]
-      chunk_loss, values, chunk_info = _chunk_hypergrad(
-          step_fn, loss_fn, init_state, hparams, num_steps, group, progress)
-      if loss is None:
-        loss, info = chunk_loss, chunk_info
-      else:  # every chunk reruns the same primal; its tangents may blow up
-        info = info._replace(nonfinite_step=unroll_lib.earliest(
-            info.nonfinite_step, chunk_info.nonfinite_step))
-      flat = flat.at[np.array([d.flat for d in group])].set(
-          values.astype(flat_dtype))
+    flat = jnp.zeros((total,), flat_dtype).at[where.reshape(-1)].set(
+        values.reshape(-1).astype(flat_dtype), mode='drop')
     return estimator_lib.HypergradResult(
         loss, tangents_lib.unflatten_like(flat, hparams), info)
 

@@ -17,6 +17,13 @@ whole run) and RTHO (online) differ only in when they contract and how
   residuals are computed once per inner step, not once per tangent;
 * :func:`basis` and :func:`contract`: one-hot tangents of a pytree of values,
   and ``grad E . Z`` back into the structure of the values.
+
+:func:`linearize` and :func:`push_rows` are the variable-count form of
+:func:`push` that ``forward_hypergrad`` uses: the step is linearised once,
+then its linear map is applied to the first ``count`` rows of the tangent
+batch one row at a time, ``count`` a traced value. One compiled loop body then
+serves any number of begun tangents, so the unroll compiles once however many
+intervals the schedules have.
 """
 
 from __future__ import annotations
@@ -67,6 +74,80 @@ def push(step, diff, rest, h, t, tangents, dh):
   new_diff, lin, new_rest = jax.linearize(
       lambda d, h_: step(d, rest, h_, t), diff, h, has_aux=True)
   return new_diff, new_rest, list(jax.vmap(lin)(tangents, dh))
+
+
+def linearize(step, diff, rest, h, t):
+  """The primal step and its linear map in ``(diff, h)``, computed once.
+
+  Returns:
+    ``(new_diff, new_rest, lin)`` with ``lin(z, dh) -> new_z`` for one
+    tangent ``z`` (a list like ``diff``) and ``dh`` (a pytree like ``h``).
+  """
+  new_diff, lin, new_rest = jax.linearize(
+      lambda d, h_: step(d, rest, h_, t), diff, h, has_aux=True)
+  return new_diff, new_rest, lin
+
+
+def all_finite(leaves) -> jax.Array:
+  """Whether every entry of every array in ``leaves`` is finite: bool scalar."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def push_rows(lin, tangents, count, direction):
+  r"""Applies ``lin`` to rows ``0 .. count-1`` of the tangent batch, in place.
+
+  Row ``i`` becomes ``lin(tangents[:, i], direction(i))``; rows from
+  ``count`` on are neither read nor written. ``count`` may be traced, so one
+  compiled loop body serves every number of rows (the number of begun
+  tangents changes along the unroll).
+
+  Rows go through ``lin`` one at a time, not as a ``vmap`` batch. On XLA:CPU
+  this is as fast per tangent as the batched push (within 5% on the MLP of
+  ``benchmarks/forward_cost.py``): ``vmap`` moves the batch axis through
+  every tangent matmul and pays for it in transposes, while one row is plain
+  2-D linear algebra. Each application sits inside a ``lax.cond`` whose
+  predicate is always true: the conditional is a fusion boundary, so the row
+  is read and written as one contiguous copy. Without it XLA fuses the
+  dynamic row indexing into every elementwise tangent kernel and the push
+  runs 2.2x slower.
+
+  Args:
+    lin: ``lin(z, dh) -> new_z``, from :func:`linearize`.
+    tangents: list of ``(C, *leaf.shape)`` arrays, one per differentiable
+      state leaf.
+    count: int32 scalar, ``0 <= count <= C``.
+    direction: ``direction(i) -> dh``, the hyperparameter tangent of row
+      ``i`` (traced ``i``) at this step.
+
+  Returns:
+    ``(tangents, finite)``: the updated batch and whether every new row is
+    finite (bool scalar; True when ``count == 0``).
+
+  Example:
+    >>> lin = lambda z, dh: [2.0 * z[0] + dh]
+    >>> rows, ok = push_rows(lin, [jnp.ones((3, 2))], jnp.int32(2),
+    ...                      lambda i: 1.0)
+    >>> rows[0][:, 0].tolist(), bool(ok)
+    ([3.0, 3.0, 1.0], True)
+  """
+  def apply(z, dh):
+    new = list(lin(z, dh))
+    return new, all_finite(new)
+
+  def keep(z, dh):
+    del dh
+    return list(z), jnp.bool_(True)
+
+  def row(i, carry):
+    batch, finite = carry
+    z = [jax.lax.dynamic_index_in_dim(x, i, keepdims=False) for x in batch]
+    new, ok = jax.lax.cond(i < count, apply, keep, z, direction(i))
+    batch = [jax.lax.dynamic_update_index_in_dim(x, v.astype(x.dtype), i, 0)
+             for x, v in zip(batch, new)]
+    return batch, finite & ok
+
+  return jax.lax.fori_loop(jnp.int32(0), count.astype(jnp.int32), row,
+                           (list(tangents), jnp.bool_(True)))
 
 
 def zeros(k: int, diff) -> list:
