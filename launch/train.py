@@ -189,6 +189,10 @@ def _hypergrad_fn(config, task):
       on_result=on_result)
 
   def fn(hparams, outer_step):
+    # Host values every step: after an outer update they are device arrays
+    # placed like the hypergradients (on a mesh: replicated over it), not
+    # like the initial ones, and a new placement recompiles the unroll.
+    hparams = jax.tree.map(np.asarray, hparams)
     bar['bar'] = tqdm_auto.tqdm(total=config.horizon, leave=False,
                                 desc=f'outer step {outer_step}: inner steps',
                                 disable=None)
