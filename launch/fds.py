@@ -15,6 +15,15 @@ and takes ``--config`` paths of the installed package's configs
 
 A workdir holding a run is never overwritten: ``--resume`` continues it,
 ``--overwrite`` starts it over. It is locked while a run uses it.
+
+Several processes (hosts, or GPUs of a host) run one search together: start
+the same command in every process with ``--coordinator_address``,
+``--num_processes`` and ``--process_id`` (or ``--distributed`` alone under
+SLURM, Open MPI or on a Cloud TPU VM, which JAX detects) and a
+``--config.mesh=data=N`` over all their devices; see WORKSPACE.md, "Several
+devices, several hosts". A process that dies or hangs stops the others within
+``--heartbeat_timeout`` seconds, with exit status 1 (or 134 where JAX aborts
+them), and ``--resume`` continues the run.
 """
 
 from __future__ import annotations
@@ -57,6 +66,14 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
                                       'Multi-host: number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None,
                                    'Multi-host: this process\'s index.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Multi-host: call jax.distributed.initialize, '
+    'detecting the three flags above from SLURM, Open MPI or a Cloud TPU VM '
+    'where they are not given.')
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    'heartbeat_timeout', 60, 'Multi-host: seconds after which a process that '
+    'died or hangs counts as lost; the others then stop with an error.',
+    lower_bound=1)
 
 
 class _QuietOrbax(logging.Filter):
@@ -108,20 +125,73 @@ def main(argv):
   for handler in logging.getLogger().handlers + logging.getLogger(
       'absl').handlers:
     handler.addFilter(_QuietOrbax())
-  if _COORDINATOR.value or _NUM_PROCESSES.value or _PROCESS_ID.value:
-    import jax  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from hypergrad.experiments import distributed as dist_lib
+  if (_DISTRIBUTED.value or _COORDINATOR.value
+      or _NUM_PROCESSES.value is not None or _PROCESS_ID.value is not None):
     # Before anything touches a device: every process then sees the global
     # device list, and a 'data=N' mesh may span hosts.
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                               _PROCESS_ID.value)
+    dist_lib.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                        _PROCESS_ID.value,
+                        heartbeat_timeout=_HEARTBEAT_TIMEOUT.value)
+  if dist_lib.process_count() == 1:
+    _main()
+    return
+  try:
+    _main()
+  except BaseException as e:  # pylint: disable=broad-except
+    if isinstance(e, SystemExit) and e.code in (None, 0):
+      raise
+    if isinstance(e, app.UsageError):
+      e = SystemExit(f'error: {e}')
+    # Not through JAX's shutdown barrier: see dist_lib.exit_now.
+    dist_lib.exit_now(e)
+
+
+def _main():
+  """The run, once this process knows its peers (if any)."""
   # pylint: disable=g-import-not-at-top
   from hypergrad._src import search
   from hypergrad.experiments import checkpoint as ckpt_lib
   from hypergrad.experiments import data as data_lib
+  from hypergrad.experiments import distributed as dist_lib
   try:
     from . import train
   except ImportError:  # run as a script, not as a package module
     import train  # type: ignore
+  try:
+    config = _checked_config(train)
+    error = ''
+  except app.UsageError as e:
+    error = str(e)
+  # A flag only some processes got wrong stops them all, with its message.
+  error = dist_lib.first_error('flags', error)
+  if error:
+    raise dist_lib.fail_together(app.UsageError(error))
+  workdir = _WORKDIR.value or os.path.join(
+      'workdir', f'{config.task}-{time.strftime("%Y%m%d-%H%M%S")}')
+  try:
+    summary = train.train_and_evaluate(config, workdir, resume=_RESUME.value,
+                                       overwrite=_OVERWRITE.value)
+  except (train.ConfigError, ckpt_lib.CheckpointError,
+          search.DivergenceError, data_lib.DatasetNotFoundError,
+          train.RetrainDivergedError, dist_lib.ProcessesDisagreeError,
+          ValueError, OSError) as e:
+    # Known failure modes get their message, not a traceback.
+    raise SystemExit(f'error: {e}') from None
+  if dist_lib.is_primary():
+    _print_summary(summary, workdir)
+  else:
+    # The outputs are process 0's; this line shows the schedule agrees.
+    print(f'{dist_lib.label()}: done; learned schedule '
+          f'{json.dumps(summary["learned_schedule"])}; outputs written by '
+          f'process 0 in {os.path.abspath(workdir)}')
+
+
+def _checked_config(train):
+  """The config, once every flag was checked; else an ``app.UsageError``."""
+  # pylint: disable-next=g-import-not-at-top
+  from hypergrad.experiments import distributed as dist_lib
   config = _config()
   try:
     train.validate_config(config)
@@ -130,17 +200,11 @@ def main(argv):
   if (_RESUME.value or _OVERWRITE.value) and not _WORKDIR.value:
     raise app.UsageError('--resume and --overwrite need the --workdir of the '
                          'run.')
-  workdir = _WORKDIR.value or os.path.join(
-      'workdir', f'{config.task}-{time.strftime("%Y%m%d-%H%M%S")}')
-  try:
-    summary = train.train_and_evaluate(config, workdir, resume=_RESUME.value,
-                                       overwrite=_OVERWRITE.value)
-  except (train.ConfigError, ckpt_lib.CheckpointError,
-          search.DivergenceError, data_lib.DatasetNotFoundError,
-          train.RetrainDivergedError, ValueError, OSError) as e:
-    # Known failure modes get their message, not a traceback.
-    raise SystemExit(f'error: {e}') from None
-  _print_summary(summary, workdir)
+  if dist_lib.process_count() > 1 and not _WORKDIR.value:
+    raise app.UsageError('a run of several processes needs --workdir: the '
+                         'same folder for every process, on a file system '
+                         'they share.')
+  return config
 
 
 def run():

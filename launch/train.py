@@ -35,6 +35,14 @@ outer step), ``schedules.png``, ``validation.png``, ``checkpoints/`` (orbax,
 one per outer step; ``resume=True`` continues from the last) and
 ``summary.json``. The workdir is locked for the life of the run; a folder
 holding a run is only continued (``resume``) or replaced (``overwrite``).
+
+Several processes (after ``jax.distributed.initialize``, see
+``launch/fds.py``): every process runs this same function on the same
+``workdir`` (a shared file system) with a mesh over all their devices.
+Process 0 locks and prepares the workdir and alone writes the outputs above;
+orbax writes the checkpoints from process 0 too. The processes check that
+they run the same config in the same workdir before any compute, and that
+they hold the same outer state after every outer step.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ from hypergrad._src import registry
 from hypergrad._src import schedule
 from hypergrad._src import search
 from hypergrad.experiments import checkpoint as ckpt_lib
+from hypergrad.experiments import distributed as dist_lib
 from hypergrad.experiments import fds as fds_lib
 from hypergrad.experiments import metrics as metrics_lib
 from hypergrad.experiments import plotting
@@ -174,6 +183,7 @@ def validate_config(config) -> list[str]:
     mesh = tasks_lib.make_mesh(config.get('mesh', ''))
     batch = config.batch_size or tasks_lib.TASKS[config.task].batch_size
     tasks_lib.check_mesh(mesh, batch)
+    dist_lib.check_mesh(mesh)
   except ValueError as e:
     raise ConfigError(f'mesh: {e}') from None
   return kinds
@@ -209,9 +219,14 @@ def _hypergrad_fn(config, task):
       min_agreement=config.min_agreement or None)
 
   def fn(hparams, outer_step):
+    # Host values every step: after an outer update they are device arrays
+    # placed like the hypergradients (on a mesh: replicated over it), not
+    # like the initial ones, and a new placement recompiles the unroll.
+    hparams = jax.tree.map(np.asarray, hparams)
     bar['bar'] = tqdm_auto.tqdm(total=config.horizon, leave=False,
                                 desc=f'outer step {outer_step}: inner steps',
-                                disable=None)
+                                disable=None if dist_lib.is_primary()
+                                else True)
     try:
       return inner(hparams, outer_step)
     finally:
@@ -280,17 +295,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   kinds = validate_config(config)
   config_json = config.to_json(sort_keys=True)
-  lock = workdir_lib.WorkdirLock(workdir)
-  try:
-    lock.acquire()
-    workdir_lib.prepare(workdir, resume=resume, overwrite=overwrite)
-  except workdir_lib.WorkdirError as e:
-    lock.release()
-    raise ConfigError(str(e)) from None
+  lock = _claim_workdir(workdir, resume, overwrite, config_json)
   try:
     return _run(config, kinds, config_json, workdir, resume)
   finally:
     lock.release()
+
+
+def _claim_workdir(workdir, resume, overwrite, config_json):
+  """Locks and prepares ``workdir`` (process 0) for every process of the run.
+
+  The other processes check that they run process 0's config and flags and
+  see its lock in their ``workdir`` (so the same folder). Any refusal, such
+  as process 0's for a workdir held by another run (another set of
+  processes), stops every process with that message before any compute.
+
+  Returns:
+    The lock (held by process 0 only).
+
+  Raises:
+    ConfigError: the first refusal, naming the process when not process 0.
+  """
+  lock = workdir_lib.WorkdirLock(workdir)
+  error = ''
+  if dist_lib.is_primary():
+    try:
+      lock.acquire()
+      workdir_lib.prepare(workdir, resume=resume, overwrite=overwrite)
+    except workdir_lib.WorkdirError as e:
+      lock.release()
+      error = str(e)
+  if dist_lib.process_count() > 1:
+    run = json.dumps([config_json, resume, overwrite])
+    first = json.loads(dist_lib.broadcast('workdir/claim', json.dumps(
+        {'error': error, 'token': lock.token, 'run': run})
+                                          if dist_lib.is_primary() else None))
+    if not dist_lib.is_primary():
+      if first['error']:
+        error = f'process 0: {first["error"]}'
+      elif first['run'] != run:
+        error = (f'{dist_lib.label()} was started with another config or '
+                 'other --resume/--overwrite flags than process 0; start '
+                 'every process with the same command line.')
+      elif workdir_lib.lock_token(workdir) != first['token']:
+        error = (f'{dist_lib.label()} does not see the lock of process 0 in '
+                 f'{os.path.abspath(workdir)}: give every process the same '
+                 '--workdir, on a file system they share.')
+    error = dist_lib.first_error('workdir/check', error)
+  if error:
+    lock.release()
+    # All processes know it: none waits for another in a collective.
+    raise dist_lib.fail_together(ConfigError(error))
+  return lock
 
 
 class RetrainDivergedError(RuntimeError):
@@ -329,12 +385,15 @@ def _run(config, kinds, config_json, workdir, resume):
             f'--resume: the run in {workdir} was made by another config; '
             'use a new --workdir (or --overwrite).')
       logging.info('resumed from outer step %d', state.step)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config_json)
-    metrics = metrics_lib.MetricsWriter(workdir, records)
+    primary = dist_lib.is_primary()
+    if primary:
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config_json)
+    metrics = metrics_lib.MetricsWriter(workdir, records, active=primary)
     prior_seconds = records[-1]['wall_time'] if records else 0.0
     bar = tqdm_auto.tqdm(total=config.outer_steps, initial=state.step,
-                         desc=f'FDS {config.task}', disable=None)
+                         desc=f'FDS {config.task}',
+                         disable=None if primary else True)
     factor = config.get('divergence_factor', 0.0) or None
     while state.step < config.outer_steps and not state.converged:
       state, record = search.step(fn, opt, state, tol=config.tol,
@@ -345,6 +404,13 @@ def _run(config, kinds, config_json, workdir, resume):
                     wall_time=prior_seconds + time.time() - start)
       record = ckpt_lib.jsonable(record)
       records.append(record)
+      if dist_lib.process_count() > 1:
+        # Equal inputs, equal programs: a difference is a bug, and a resume
+        # would silently follow process 0's state only.
+        dist_lib.check_same(f'state/{state.step}',
+                            ckpt_lib.state_digest(state),
+                            f'the outer state after outer step '
+                            f'{record["outer_step"]}')
       metrics.write(record)
       checkpointer.save(state, records, {'config': config_json})
       bar.update(1)
@@ -377,17 +443,19 @@ def _report(config, kinds, task, state, records, workdir, start,
              'default': _retrain(task, task.default_hparams(),
                                  retrain_steps, seeds)}
 
-  plotting.plot_schedules(records, config.horizon,
-                          os.path.join(workdir, 'schedules.png'),
-                          final=best, title=f'FDS on {config.task}')
-  plotting.plot_validation(records, os.path.join(workdir, 'validation.png'),
-                           baseline=results['default']['val_accuracy'],
-                           title=f'FDS on {config.task}')
-  if config.population > 1:
-    plotting.plot_sign_agreement(
-        records, os.path.join(workdir, 'sign_agreement.png'),
-        threshold=config.min_agreement or None,
-        title=f'FDS on {config.task}: population of {config.population}')
+  primary = dist_lib.is_primary()
+  if primary:
+    plotting.plot_schedules(records, config.horizon,
+                            os.path.join(workdir, 'schedules.png'),
+                            final=best, title=f'FDS on {config.task}')
+    plotting.plot_validation(records, os.path.join(workdir, 'validation.png'),
+                             baseline=results['default']['val_accuracy'],
+                             title=f'FDS on {config.task}')
+    if config.population > 1:
+      plotting.plot_sign_agreement(
+          records, os.path.join(workdir, 'sign_agreement.png'),
+          threshold=config.min_agreement or None,
+          title=f'FDS on {config.task}: population of {config.population}')
   learned, default = results['learned'], results['default']
   gain = (None if learned['diverged'] or default['diverged'] else
           learned['test_accuracy'] - default['test_accuracy'])
@@ -423,8 +491,9 @@ def _report(config, kinds, task, state, records, workdir, start,
       'search_seconds': sum(r['seconds'] for r in records),
       'wall_time': prior_seconds + time.time() - start,
   }
-  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
+  if primary:
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
   if summary['retrain_diverged']:
     raise RetrainDivergedError(
         f'retraining with the learned schedule {best} diverged (non-finite '

@@ -10,6 +10,13 @@ arrays go through orbax's standard format and records through JSON.
 Array data is checksummed by orbax's storage (tensorstore OCDBT); JSON has no
 checksum of its own, so the records carry a SHA-256 digest of their canonical
 JSON, checked on restore: a flipped digit in a record is refused too.
+
+Several processes (``jax.distributed``): every process calls ``save`` and
+``restore_latest`` on the same folder (a shared file system); orbax writes
+once, from process 0. The loop state is saved as host (numpy) arrays, which
+orbax treats as replicated: the processes hold equal values (the launch
+script checks it with :func:`state_digest`), whereas the device arrays they
+hold may be single-device ones that orbax cannot save from several hosts.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from hypergrad._src import extras
 from hypergrad._src import search
 
 extras.require('launch', 'orbax')
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from etils import epath  # noqa: E402  (an orbax dependency)
 import orbax.checkpoint as ocp  # noqa: E402
 
 PyTree = Any
@@ -38,11 +47,14 @@ class CheckpointError(RuntimeError):
 
 def _to_tree(state: search.OuterState) -> dict:
   # Any optax state: its leaves by position; the template's structure puts
-  # them back. Nothing is pickled.
+  # them back. Nothing is pickled. Host copies: the same checkpoint from one
+  # process or many (see the module docstring).
+  host = lambda t: jax.tree.map(np.asarray, t)
   opt_leaves = jax.tree.leaves(state.opt_state)
-  return {'hparams': state.hparams, 'last_good': state.last_good,
-          'best_hparams': state.best_hparams,
-          'opt_leaves': {f'{i:04d}': leaf for i, leaf in enumerate(opt_leaves)},
+  return {'hparams': host(state.hparams), 'last_good': host(state.last_good),
+          'best_hparams': host(state.best_hparams),
+          'opt_leaves': {f'{i:04d}': np.asarray(leaf)
+                         for i, leaf in enumerate(opt_leaves)},
           'step': np.asarray(state.step, np.int64),
           'converged': np.asarray(state.converged, np.bool_),
           'initial_loss': np.asarray(state.initial_loss, np.float64),
@@ -75,6 +87,21 @@ def jsonable(tree: PyTree) -> PyTree:
 def _digest(records) -> str:
   text = json.dumps(records, sort_keys=True, separators=(',', ':'))
   return hashlib.sha256(text.encode('utf-8')).hexdigest()
+
+
+def state_digest(state: search.OuterState) -> str:
+  """SHA-256 of everything a checkpoint saves of ``state``, bit for bit.
+
+  Processes of one run compare it after every outer step: equal digests mean
+  that each would write, and resume from, the same checkpoint.
+  """
+  h = hashlib.sha256()
+  tree = _to_tree(state)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(f'{leaf.dtype.str}{leaf.shape}'.encode())
+    h.update(np.ascontiguousarray(leaf).tobytes())
+  return h.hexdigest()
 
 
 class OuterCheckpointer:
@@ -140,9 +167,19 @@ class OuterCheckpointer:
     folder = os.path.join(self.directory, str(step))
     advice = ('Delete that folder to resume from the previous checkpoint, or '
               'start afresh in a new --workdir.')
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                            _to_tree(template))
+    # Host arrays in, host arrays out: no device sharding to agree on.
+    abstract = _to_tree(template)
     try:
+      # Host targets need no saved metadata to restore into, so check it
+      # here: a checkpoint without it is not whole, or of another run.
+      saved = ocp.StandardCheckpointHandler().metadata(
+          epath.Path(folder) / 'state').tree
+      got = jax.tree.map(lambda m: (tuple(m.shape), np.dtype(m.dtype)),
+                         saved)
+      want = jax.tree.map(lambda x: (x.shape, x.dtype), abstract)
+      if got != want:
+        raise ValueError('its arrays have other shapes, dtypes or names than '
+                         'this run\'s')
       restored = self._manager.restore(
           step, args=ocp.args.Composite(
               state=ocp.args.StandardRestore(abstract),

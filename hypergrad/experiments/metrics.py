@@ -4,7 +4,8 @@ Both are rebuilt from the checkpoint's own records when a run resumes: the
 CSV is rewritten from them and TensorBoard drops every event at or after the
 first step not checkpointed (tensorboardX's ``purge_step``), so a kill
 between a metrics write and the checkpoint never leaves a row or a point
-twice.
+twice. In a run of several processes only process 0 writes them
+(``active=False`` elsewhere).
 """
 
 from __future__ import annotations
@@ -32,11 +33,16 @@ class MetricsWriter:
     workdir: the run's folder.
     records: the checkpointed records (empty for a new run): written to the
       CSV again, and TensorBoard is purged from ``len(records)`` on.
+    active: False: write nothing (a process other than the run's process 0,
+      which writes the same records).
   """
 
-  def __init__(self, workdir: str, records: list[dict]):
+  def __init__(self, workdir: str, records: list[dict], active: bool = True):
     self.path = os.path.join(workdir, 'metrics.csv')
+    self.active = active
     self._tb = None
+    if not active:
+      return
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       # tensorboardX names event files by the second and truncates a file
@@ -62,6 +68,8 @@ class MetricsWriter:
                                              for k in JSON_FIELDS]
 
   def write(self, r: dict) -> None:
+    if not self.active:
+      return
     with open(self.path, 'a', newline='') as f:
       csv.writer(f).writerow(self._row(r))
     if self._tb is None:

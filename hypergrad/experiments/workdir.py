@@ -6,6 +6,11 @@ dies (a SIGKILL included), so a lock is never stale; a second process is
 refused at once with the holder's process id. :func:`prepare` decides what a
 run may do with a folder that already holds outputs: continue it (resume),
 start over (overwrite, which removes the old outputs first), or neither.
+
+A run of several processes is locked by its process 0 alone; the lock file
+also holds a random token of the run (:attr:`WorkdirLock.token`), which the
+other processes read back (:func:`lock_token`) to check that they share
+process 0's workdir (the same path on a shared file system) and its run.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import secrets
 import shutil
 
 # Everything a run writes; a folder holding any of these holds a run.
@@ -38,6 +44,7 @@ class WorkdirLock:
     self.workdir = os.path.abspath(workdir)
     self._fd = None
     self._created = False
+    self.token = None
 
   def acquire(self) -> 'WorkdirLock':
     self._created = not os.path.exists(self.workdir)
@@ -51,7 +58,8 @@ class WorkdirLock:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
-      holder = os.read(fd, 64).decode(errors='replace').strip() or 'unknown'
+      holder = (os.read(fd, 64).decode(errors='replace').strip()
+                .split('\n')[0] or 'unknown')
       os.close(fd)
       if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
         raise WorkdirError(
@@ -60,8 +68,9 @@ class WorkdirLock:
             '--workdir.') from None
       raise WorkdirError(f'cannot lock workdir {self.workdir}: '
                          f'{e.strerror or e}.') from None
+    self.token = secrets.token_hex(16)
     os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
+    os.write(fd, f'{os.getpid()}\n{self.token}\n'.encode())
     self._fd = fd
     return self
 
@@ -76,12 +85,27 @@ class WorkdirLock:
     fcntl.flock(self._fd, fcntl.LOCK_UN)
     os.close(self._fd)
     self._fd = None
+    self.token = None
 
   def __enter__(self):
     return self.acquire()
 
   def __exit__(self, *exc):
     self.release()
+
+
+def lock_token(workdir: str) -> str | None:
+  """The token of the run holding ``workdir``'s lock file (None: none seen).
+
+  Read without locking: the other processes of a multi-process run call it
+  while their process 0 holds the lock.
+  """
+  try:
+    with open(os.path.join(workdir, LOCK_NAME)) as f:
+      lines = f.read().split('\n')
+  except OSError:
+    return None
+  return (lines[1].strip() or None) if len(lines) > 1 else None
 
 
 def existing_outputs(workdir: str) -> list[str]:
