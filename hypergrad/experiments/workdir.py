@@ -46,7 +46,7 @@ class WorkdirLock:
     self._created = False
     self.token = None
 
-  def acquire(self) -> 'WorkdirLock':
+  def acquire(self) -> WorkdirLock:
     self._created = not os.path.exists(self.workdir)
     try:
       os.makedirs(self.workdir, exist_ok=True)
