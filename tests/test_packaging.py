@@ -64,3 +64,14 @@ def test_readme_example_runs_as_printed():
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'hypergradient' in proc.stdout.lower(), proc.stdout
   assert time.monotonic() - start < 120
+
+
+def test_api_reference_lists_every_public_name():
+  import hypergrad  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(ROOT, 'docs', 'api.md')) as f:
+    text = f.read()
+  documented = set(re.findall(r'\.\. (?:autoclass|autofunction|py:data):: '
+                              r'(\w+)', text))
+  missing = [n for n in hypergrad.__all__
+             if n != '__version__' and n not in documented]
+  assert not missing, f'docs/api.md lacks {missing}'
