@@ -4,7 +4,8 @@ Every test starts ``python -m launch.fds`` in 2 (or 4) processes on
 127.0.0.1, each with one or more forced CPU devices and gloo collectives, and
 compares the learned schedule with a single process's run on a mesh of the
 same global size (float32 round-off). They also check who writes what, the
-workdir lock across processes and what a killed process does to the others.
+workdir lock across processes, and that a killed or hung process stops the
+others within the heartbeat timeout, after which --resume continues the run.
 """
 
 import json
@@ -173,18 +174,19 @@ def _wait_for(path, procs, timeout=TIMEOUT):
     time.sleep(0.1)
 
 
-def _kill_second(run, after):
-  """SIGKILLs process 1 once ``after`` exists; process 0's status and delay."""
+def _kill_second(run, after, sig=signal.SIGKILL):
+  """Signals process 1 once ``after`` exists; checks process 0 stops soon."""
   try:
     _wait_for(after, run.procs)
-    run.procs[1].send_signal(signal.SIGKILL)
+    run.procs[1].send_signal(sig)
     killed = time.monotonic()
     code = run.procs[0].wait(timeout=HEARTBEAT + 60)
     lost = time.monotonic() - killed
   finally:
     run.kill()
   out = run.output(0)
-  print(f'process 0 exited {code} {lost:.1f} s after process 1 was killed')
+  print(f'process 0 exited {code} {lost:.1f} s after process 1 got '
+        f'{signal.Signals(sig).name}')
   assert code != 0, out
   assert lost < HEARTBEAT + 30, (lost, out)
   # Ours where process 0 waited on process 1 in a collective; JAX's where
@@ -194,11 +196,16 @@ def _kill_second(run, after):
   return out
 
 
-def test_killed_process_stops_the_other(tmp_path, cache):
+# A process killed, and one that hangs (stopped: no heartbeat, no reply;
+# slow: the others wait out the heartbeat timeout).
+@pytest.mark.parametrize('sig', [
+    signal.SIGKILL, pytest.param(signal.SIGSTOP, marks=pytest.mark.slow)],
+                         ids=['killed', 'hung'])
+def test_lost_process_stops_the_other(tmp_path, cache, sig):
   two = tmp_path / 'two'
   pair = Run(tmp_path, 'two', [two] * 2, 2, 1, cache)
   # Both processes joined the run; process 0 compiles the first step.
-  _kill_second(pair, two / 'config.json')
+  _kill_second(pair, two / 'config.json', sig)
   assert not os.path.exists(two / 'summary.json')
   workdir_lib.WorkdirLock(str(two)).acquire().release()  # not left locked
 
