@@ -20,8 +20,8 @@ from absl import app
 from absl import flags
 import jax
 
-import hypergrad
 from benchmarks import common
+import hypergrad
 
 
 def measure(steps: int, lr_intervals, repeats: int):
@@ -82,8 +82,8 @@ def main(argv):
       ['T', 'compiled bytes (forward, K=9)'],
       [(s, f'{b:,}') for s, b in mem]))
   base = mem[0][1]
-  print('memory growth from T=%d to T=%d: %+.1f%%' % (
-      mem[0][0], mem[-1][0], 100.0 * (mem[-1][1] - base) / base))
+  growth = 100.0 * (mem[-1][1] - base) / base
+  print(f'memory growth from T={mem[0][0]} to T={mem[-1][0]}: {growth:+.1f}%')
 
 
 if __name__ == '__main__':

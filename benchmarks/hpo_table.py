@@ -499,7 +499,7 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
   t0 = time.time()
   for seed in range(seeds):
     wanted = {_key(default): default}
-    for m, rs in runs.items():
+    for rs in runs.values():
       r = rs[seed]
       r['curve'] = [at_budget(r['checkpoints'], b) for b in points]
       r['final'] = at_budget(r['checkpoints'], budget)
@@ -510,7 +510,7 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
     scores = evaluate(task, [wanted[k] for k in keys], horizon,
                       eval_inits(seed, eval_seeds), eval_batch)
     score.update({(seed, k): v for k, v in zip(keys, scores)})
-    for m, rs in runs.items():
+    for rs in runs.values():
       rs[seed]['default_final'] = score[(seed, _key(default))]
   log(f'evaluation: {time.time() - t0:.1f} s')
 
@@ -663,7 +663,8 @@ def write(results, out_dir, command, tag=''):
       f"{r['seeds']} HPO seeds. Paired gain: within each HPO seed the "
       f"default schedule is retrained from the same initialisations; the "
       f"interval is the 95% Student-t interval of the mean gain over HPO "
-      f"seeds (an interval above 0: a gain that is not seed luck). Black-box objective: validation loss at "
+      f"seeds (an interval above 0: a gain that is not seed luck). "
+      f"Black-box objective: validation loss at "
       f"the end of training; black-box lr pieces: "
       f"{r['blackbox_lr_intervals']}. FDS/reverse init: {r['fds_init']}, "
       f"outer step sizes {r['fds_step_sizes']}; "

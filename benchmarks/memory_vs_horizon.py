@@ -29,8 +29,8 @@ from absl import app
 from absl import flags
 import jax
 
-import hypergrad
 from benchmarks import common
+import hypergrad
 
 _STEPS = flags.DEFINE_list('steps', ['1000', '3000', '10000'], 'Horizons T.')
 _REPEATS = flags.DEFINE_integer('repeats', 1, 'Timed repeats (best is kept).')
@@ -93,7 +93,7 @@ def measure(horizons, repeats, time_max_steps, lr_intervals):
 
 
 def _table(rows, plain):
-  header = ['T', 'method', 'c', 'compiled MiB', 'MiB / MiB at T=%d' % rows[0][0],
+  header = ['T', 'method', 'c', 'compiled MiB', f'MiB / MiB at T={rows[0][0]}',
             'time s', 'x plain training']
   base = {m: b for t, m, b, _, _ in rows if t == rows[0][0]}
   out = []

@@ -60,8 +60,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import hypergrad
 from benchmarks import common
+import hypergrad
 from hypergrad.experiments import tasks as tasks_lib
 
 _TASK = flags.DEFINE_string('task', 'mnist1d_mlp', 'Task name.')

@@ -34,11 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import hypergrad
 from benchmarks import common
 from benchmarks import forward_cost
 from benchmarks import memory_vs_horizon
 from benchmarks import tasks as tasks_bench
+import hypergrad
 
 SECTIONS = ('forward_cost', 'memory', 'accuracy', 'tasks')
 

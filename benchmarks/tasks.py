@@ -37,12 +37,12 @@ from absl import flags
 import jax
 import numpy as np
 
+from benchmarks import common
 import hypergrad
+from hypergrad._src import schedule
 from hypergrad.experiments import data as data_lib
 from hypergrad.experiments import models as models_lib
-from hypergrad._src import schedule
 from hypergrad.experiments import tasks as tasks_lib
-from benchmarks import common
 
 TASK_NAMES = ('mnist1d_mlp', 'digits_mlp', 'mnist1d_lenet',
               'fashion_mnist_lenet', 'cifar10_wrn16_1')

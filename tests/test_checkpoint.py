@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 
 import hypergrad
-from hypergrad.experiments import checkpoint as ckpt_lib
 from hypergrad._src import search
+from hypergrad.experiments import checkpoint as ckpt_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

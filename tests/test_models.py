@@ -22,7 +22,7 @@ def _xent(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _wrn():
   model = models.make_model('wrn-16-1', num_classes=10)
   params, state = models.init_model(model, jax.random.key(0), (32, 32, 3))
