@@ -185,7 +185,7 @@ def validate_config(config) -> list[str]:
     tasks_lib.check_mesh(mesh, batch)
     dist_lib.check_mesh(mesh)
   except ValueError as e:
-    raise ConfigError(f'mesh: {e}') from None
+    raise ConfigError(f'mesh={config.get("mesh", "")!r}: {e}') from None
   return kinds
 
 

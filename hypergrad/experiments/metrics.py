@@ -44,14 +44,8 @@ class MetricsWriter:
     if not active:
       return
     try:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      # tensorboardX names event files by the second and truncates a file
-      # of the same name: a resume within a second of the kill would wipe
-      # the killed process's events. A nanosecond suffix keeps every file,
-      # and keeps them in time order (TensorBoard reads them sorted).
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
-                               purge_step=len(records),
-                               filename_suffix=f'.{time.time_ns()}')
+      self._tb = _EventFile(os.path.join(workdir, 'tensorboard'),
+                            purge_step=len(records))
     except ImportError:
       logging.warning('tensorboardX not installed: no TensorBoard events.')
     tmp = self.path + '.tmp'
@@ -74,19 +68,65 @@ class MetricsWriter:
       csv.writer(f).writerow(self._row(r))
     if self._tb is None:
       return
-    step = r['outer_step']
-    for k in SCALARS:
-      if isinstance(r.get(k), (int, float)) and math.isfinite(r[k]):
-        self._tb.add_scalar(k, r[k], step)
+    scalars = [(k, r[k]) for k in SCALARS
+               if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
     for group in ('hparams', 'hypergrads', 'sign_agreement'):
       for kind, values in (r.get(group) or {}).items():
         for i, v in enumerate(np.ravel(values)):
           if group == 'hypergrads':
-            self._tb.add_scalar(f'hypergrad_sign/{kind}/{i}', np.sign(v), step)
+            scalars.append((f'hypergrad_sign/{kind}/{i}', np.sign(v)))
           else:
-            self._tb.add_scalar(f'{group}/{kind}/{i}', v, step)
-    self._tb.flush()
+            scalars.append((f'{group}/{kind}/{i}', v))
+    self._tb.write(r['outer_step'], scalars)
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+class _EventFile:
+  """A TensorBoard event file written synchronously.
+
+  Not tensorboardX's ``SummaryWriter``: it hands events to a thread, and its
+  ``flush()`` does not wait for that thread's queue, so the checkpoint that
+  follows a metrics write could land while the last points were still
+  queued, and a kill then lost them for good (the resumed run purges only
+  the steps after the checkpoint). Here every point of an outer step is in
+  the file before :meth:`write` returns.
+
+  The file name gets a nanosecond suffix: tensorboardX names event files by
+  the second and truncates a file of the same name, so a resume within a
+  second of a kill would wipe the killed process's events. The suffix keeps
+  every file, in time order (TensorBoard reads them sorted).
+
+  Args:
+    logdir: the TensorBoard folder (created).
+    purge_step: TensorBoard drops the points of earlier files at and after
+      this step (a ``SessionLog.START`` event, as ``purge_step`` in
+      tensorboardX and TensorFlow).
+  """
+
+  def __init__(self, logdir: str, purge_step: int):
+    # pylint: disable=g-import-not-at-top
+    from tensorboardX import event_file_writer
+    from tensorboardX import summary
+    from tensorboardX.proto import event_pb2
+    self._pb, self._scalar = event_pb2, summary.scalar
+    os.makedirs(logdir, exist_ok=True)
+    self._writer = event_file_writer.EventsWriter(
+        os.path.join(logdir, 'events'), f'.{time.time_ns()}')
+    self._writer.write_event(event_pb2.Event(
+        wall_time=time.time(), step=purge_step,
+        session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+    self._writer.flush()
+
+  def write(self, step: int, scalars) -> None:
+    """Appends ``(tag, value)`` points at ``step`` and flushes the file."""
+    now = time.time()
+    for tag, value in scalars:
+      self._writer.write_event(self._pb.Event(
+          wall_time=now, step=step, summary=self._scalar(tag, float(value))))
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()

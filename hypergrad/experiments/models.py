@@ -22,7 +22,10 @@ holds under ``jax_numpy_dtype_promotion='strict'`` too, which is why
 Example:
   >>> model = make_model('wrn-16-1', num_classes=10)
   >>> params, state = init_model(model, jax.random.key(0), (32, 32, 3))
+  >>> x = jnp.zeros((8, 32, 32, 3))
   >>> logits, state = apply_model(model, params, state, x, train=True)
+  >>> logits.shape
+  (8, 10)
 """
 
 from __future__ import annotations
@@ -415,7 +418,12 @@ def apply_model(model: nn.Module, params: PyTree, model_state: PyTree,
     statistics, same structure as ``model_state``.
 
   Example:
+    >>> model = make_model('lenet', 10, batch_norm=True)
+    >>> params, state = init_model(model, jax.random.key(0), (28, 28, 1))
+    >>> xb = jnp.zeros((16, 28, 28, 1))
     >>> logits, state = apply_model(model, params, state, xb, train=True)
+    >>> logits.shape, sorted(state)
+    ((16, 10), ['BatchNorm_0', 'BatchNorm_1', 'BatchNorm_2', 'BatchNorm_3'])
   """
   has_state = bool(jax.tree.leaves(model_state))
   variables = {'params': params}
@@ -437,6 +445,7 @@ def num_params(params: PyTree) -> int:
   """Number of scalars in a parameter pytree.
 
   Example:
+    >>> key = jax.random.key(0)
     >>> num_params(init_model(make_model('wrn-16-1', 10), key, (32, 32, 3))[0])
     175066
   """
