@@ -4,13 +4,17 @@ import functools
 
 from absl.testing import parameterized
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+import hypergrad
 from hypergrad.experiments import data
 from hypergrad.experiments import models
+from hypergrad.experiments import tasks
+from tests import helpers
 
 
 def _normal(shape, dtype=jnp.float32):
@@ -236,3 +240,180 @@ class PurityTest(parameterized.TestCase):
       eps = 1e-5
       fd = (f(lr + eps)[0] - f(lr - eps)[0]) / (2 * eps)
       np.testing.assert_allclose(tangent, fd, rtol=1e-5)
+
+
+def _train_and_eval_step(model, params, state, x):
+  """Gradients, logits and new statistics of a train step, then eval logits."""
+
+  @jax.jit
+  def run(params, state):
+    def loss(p):
+      logits, new_state = models.apply_model(model, p, state, x, True)
+      return jnp.sum(jnp.sin(logits)), (logits, new_state)
+    (_, aux), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    evaluated = models.apply_model(model, params, aux[1], x, False)[0]
+    return params, aux, grads, evaluated
+
+  return run(params, state)
+
+
+def _tree_close(a, b, tol=1e-12):
+  chex.assert_trees_all_equal_structs(a, b)
+  chex.assert_trees_all_close(a, b, rtol=tol, atol=tol)
+
+
+class ConvImplTest(parameterized.TestCase):
+  """The CPU path ('patches') computes what XLA's convolution computes."""
+
+  @parameterized.named_parameters(
+      # (input shape, features, kernel, strides, padding)
+      ('lenet_conv0', (3, 28, 28, 1), 6, (5, 5), 1, 'SAME'),
+      ('lenet_conv1', (3, 14, 14, 6), 16, (5, 5), 1, 'SAME'),
+      ('lenet_1d_mnist1d', (3, 40, 1), 6, (5,), 1, 'SAME'),
+      ('lenet_1d_conv1', (3, 20, 6), 16, (5,), 1, 'SAME'),
+      ('wrn_3x3', (2, 8, 8, 16), 16, (3, 3), 1, 'SAME'),
+      ('wrn_3x3_stride2', (2, 8, 8, 16), 32, (3, 3), 2, 'SAME'),
+      ('wrn_1x1_stride2', (2, 8, 8, 16), 32, (1, 1), 2, 'VALID'),
+      ('odd_sizes', (2, 7, 9, 2), 4, (3, 2), (2, 3), 'SAME'),
+      ('valid_even_kernel_1d', (2, 9, 3), 4, (4,), 3, 'VALID'),
+  )
+  def test_conv_matches_lax_conv_with_gradients(self, shape, features,
+                                                kernel, strides, padding):
+    x = _normal(shape, jnp.float64)
+    kw = dict(strides=strides, padding=padding, param_dtype=jnp.float64)
+    ref = models._conv('lax', features, kernel, name='Conv_0', **kw)
+    # The layout the models use on CPU, and the nn.Conv drop-in.
+    fast = models._conv('patches', features, kernel, name='Conv_0', **kw)
+    drop_in = nn.Conv(features, kernel, conv_general_dilated=models.patch_conv,
+                      **kw)
+    params = ref.init(jax.random.key(0), x)
+    # Same names, shapes and initial values: checkpoints carry over.
+    _tree_close(fast.init(jax.random.key(0), models._to_cl(x)), params, 0)
+    apply_fast = lambda p, x: models._from_cl(fast.apply(p, models._to_cl(x)))
+    y_ref, vjp_ref = jax.vjp(ref.apply, params, x)
+    cotangent = _normal(y_ref.shape, jnp.float64)
+    for fn in (apply_fast, drop_in.apply):
+      y, vjp = jax.vjp(fn, params, x)
+      _tree_close(y, y_ref)
+      _tree_close(vjp(cotangent), vjp_ref(cotangent))
+
+  @parameterized.named_parameters(
+      ('max_2d', 'max', (3, 8, 8, 6)),
+      ('max_2d_odd_crops', 'max', (3, 7, 9, 2)),
+      ('max_1d', 'max', (3, 40, 6)),
+      ('avg_2d', 'avg', (3, 8, 8, 6)),
+      ('avg_1d_odd', 'avg', (3, 5, 4)),
+  )
+  def test_pool_matches_flax_with_gradients(self, kind, shape):
+    x = _normal(shape, jnp.float64)  # continuous values: no tied maxima
+    window = (2,) * (len(shape) - 2)
+    flax_pool = nn.max_pool if kind == 'max' else nn.avg_pool
+
+    def ref(x):
+      # flax's avg_pool divides by an int64 window size.
+      with jax.numpy_dtype_promotion('standard'):
+        return flax_pool(x, window, strides=window)
+
+    fast = lambda x: models._from_cl(
+        models._pool_cl(models._to_cl(x), kind, window))
+    y_ref, vjp_ref = jax.vjp(ref, x)
+    y, vjp = jax.vjp(fast, x)
+    _tree_close(y, y_ref)
+    cotangent = _normal(y.shape, jnp.float64)
+    _tree_close(vjp(cotangent), vjp_ref(cotangent))
+
+  @parameterized.named_parameters(
+      ('lenet_28x28', 'lenet', {}, (28, 28, 1)),
+      ('lenet_bn_tanh_1d', 'lenet',
+       {'batch_norm': True, 'activation': 'tanh', 'features': (3, 4),
+        'hidden': (8,)}, (40, 1)),
+      ('lenet_avg_rgb', 'lenet', {'pooling': 'avg', 'hidden': (8,)},
+       (12, 12, 3)),
+  )
+  def test_models_match_lax_with_gradients(self, name, kw, input_shape):
+    """Logits, BatchNorm statistics and gradients as with conv_impl='lax'."""
+    x = _normal((4,) + input_shape, jnp.float64)
+    out = {}
+    for impl in ('lax', 'patches'):
+      model = models.make_model(name, 10, conv_impl=impl, **kw)
+      params, state = models.init_model(model, jax.random.key(0),
+                                        input_shape, dtype=jnp.float64)
+      out[impl] = _train_and_eval_step(model, params, state, x)
+    _tree_close(out['patches'][0], out['lax'][0], 0)  # identical init
+    _tree_close(out['patches'][1:], out['lax'][1:], 1e-10)
+
+  @parameterized.named_parameters(('stride_2_projection', 8, 2),
+                                  ('identity', 4, 1))
+  def test_wrn_block_matches_lax_with_gradients(self, features, strides):
+    x = _normal((4, 8, 8, 4), jnp.float64)
+    out = {}
+    for impl in ('lax', 'patches'):
+      block = models._WideBlock(features, strides, 0.9, jnp.float64, impl)
+      xin = models._to_cl(x) if impl == 'patches' else x
+      variables = block.init(jax.random.key(0), xin, train=False)
+
+      @jax.jit
+      def run(params, xin, block=block, state=variables['batch_stats']):
+        def loss(p, xin):
+          y, new = block.apply({'params': p, 'batch_stats': state}, xin,
+                               train=True, mutable=['batch_stats'])
+          y = models._from_cl(y) if impl == 'patches' else y
+          return jnp.sum(jnp.sin(y)), (y, new)
+        return jax.grad(loss, (0, 1), has_aux=True)(params, xin)
+
+      (g_params, g_x), aux = run(variables['params'], xin)
+      out[impl] = (variables['params'], aux, g_params,
+                   models._from_cl(g_x) if impl == 'patches' else g_x)
+    convs = [k for k in out['lax'][0] if k.startswith('Conv_')]
+    self.assertLen(convs, 3 if strides == 2 else 2)  # projection or not
+    _tree_close(out['patches'][0], out['lax'][0], 0)
+    _tree_close(out['patches'][1:], out['lax'][1:], 1e-10)
+
+  def test_wrn_matches_lax(self):
+    """The whole WRN wiring (stem, groups, head) on the patches path."""
+    x = _normal((2, 8, 8, 3), jnp.float64)
+    out = {}
+    for impl in ('lax', 'patches'):
+      model = models.make_model('wrn-10-1', 10, conv_impl=impl)
+      params, state = models.init_model(model, jax.random.key(0), (8, 8, 3),
+                                        dtype=jnp.float64)
+      out[impl] = params, jax.jit(functools.partial(
+          models.apply_model, model, train=True))(params, state, x)
+    _tree_close(out['patches'][0], out['lax'][0], 0)
+    _tree_close(out['patches'][1], out['lax'][1], 1e-10)
+
+  def test_auto_is_patches_on_cpu_and_bad_values_fail(self):
+    self.assertEqual(models.resolve_conv_impl('auto'),
+                     'patches' if jax.default_backend() == 'cpu' else 'lax')
+    self.assertEqual(models.resolve_conv_impl('lax'), 'lax')
+    with self.assertRaisesRegex(ValueError, "conv_impl must be one of.*'x'"):
+      models.init_model(models.LeNet(10, conv_impl='x'), jax.random.key(0),
+                        (8, 8, 1))
+
+  def test_patch_conv_rejects_what_it_does_not_implement(self):
+    x, w = jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 4))
+    with self.assertRaisesRegex(NotImplementedError, 'dilation'):
+      models.patch_conv(x, w, (1, 1), 'SAME', rhs_dilation=(2, 2))
+    with self.assertRaisesRegex(NotImplementedError, 'channels-last'):
+      models.patch_conv(x, w, (1, 1), 'SAME',
+                        dimension_numbers=('NCHW', 'OIHW', 'NCHW'))
+
+
+class LeNetHypergradientTest(parameterized.TestCase):
+
+  def test_forward_hypergradient_matches_finite_differences(self):
+    """Through a task's unroll of a small LeNet on digits, in float64."""
+    task = tasks.make_task(
+        'digits_mlp', model='lenet', dtype=jnp.float64, batch_size=16,
+        model_kwargs=(('features', (3, 4)), ('hidden', (8,)),
+                      ('conv_impl', 'patches')))
+    step_fn, loss_fn, state = task.problem(init_seed=0)
+    hparams = {'lr': jnp.array([0.2, 0.1]), 'momentum': jnp.array([0.5]),
+               'weight_decay': jnp.array([1e-3])}
+    num_steps = 6
+    _, grads = hypergrad.forward_hypergrad(step_fn, loss_fn, state, hparams,
+                                           num_steps)
+    f = jax.jit(lambda h: loss_fn(hypergrad.unroll(step_fn, state, h,
+                                                   num_steps)))
+    fd = helpers.finite_difference(f, hparams)
+    chex.assert_trees_all_close(grads, fd, rtol=1e-5, atol=1e-9)
