@@ -9,6 +9,9 @@ The core imports jax, optax, chex and numpy only. The experiment kit
 :mod:`hypergrad.experiments`, an optional extra that the core never imports.
 """
 
+from hypergrad._src.auto import Auto
+from hypergrad._src.auto import AutoChoice
+from hypergrad._src.auto import auto
 from hypergrad._src.estimator import Estimator
 from hypergrad._src.estimator import HypergradResult
 from hypergrad._src.finite_difference import finite_difference
@@ -75,6 +78,8 @@ from hypergrad._src.version import __version__
 
 __all__ = (
     'AGGREGATES',
+    'Auto',
+    'AutoChoice',
     'DivergenceError',
     'Estimator',
     'Forward',
@@ -101,6 +106,7 @@ __all__ = (
     'UnrollInfo',
     '__version__',
     'aggregate_hypergrads',
+    'auto',
     'chain',
     'constant',
     'expand',

@@ -10,6 +10,7 @@ import optax
 import pytest
 
 import hypergrad
+from hypergrad._src import auto as auto_lib
 from tests import helpers
 
 
@@ -435,3 +436,98 @@ class NonFiniteTest(parameterized.TestCase):
         step_fn, lambda w: jnp.sum(w), jnp.ones(2), {'lr': jnp.array([0.1])},
         8)
     self.assertEqual(int(info.nonfinite_step), 4)
+
+
+class AutoTest(parameterized.TestCase):
+  """hypergrad.auto: forward or checkpointed reverse, by cost and memory."""
+
+  def setUp(self):
+    super().setUp()
+    step_fn, loss_fn, state = helpers.sgd_problem()
+    hparams = {'lr': jnp.linspace(0.03, 0.1, 4), 'momentum': jnp.array([0.6])}
+    self.args = (step_fn, loss_fn, state, hparams, 400)
+    self.big = hypergrad.auto(memory_budget_bytes=2**40).choose(*self.args)
+
+  def test_estimates_are_consistent(self):
+    c = self.big
+    # Long horizon, tiny state: reverse stores ~sqrt(T) states and blocks of
+    # residuals, forward 5 tangents.
+    self.assertGreater(c.reverse_bytes, c.forward_bytes)
+    self.assertEqual(c.budget_bytes, 2**40)
+    self.assertIn('K=5 tangents', c.reason)
+    self.assertIn('T=400', c.reason)
+    # Both fit: the faster by the time model wins.
+    faster = 'Forward' if c.forward_cost <= c.reverse_cost else 'Reverse'
+    self.assertEqual(type(c.estimator).__name__, faster)
+    self.assertIn('faster', c.reason)
+
+  def test_reverse_over_budget_means_forward(self):
+    budget = (self.big.forward_bytes + self.big.reverse_bytes) // 2
+    c = hypergrad.auto(memory_budget_bytes=budget).choose(*self.args)
+    self.assertEqual(c.estimator, hypergrad.forward())
+    self.assertIn('only one within the memory budget', c.reason)
+
+  def test_forward_over_budget_means_reverse(self):
+    # One tangent of a large state against a short horizon: forward's
+    # tangents outweigh reverse's few checkpoints.
+    step_fn, loss_fn, state = helpers.sgd_problem(dim=40, hidden=64)
+    hparams = {'lr': jnp.full((30,), 0.05)}
+    args = (step_fn, loss_fn, state, hparams, 36)
+    big = hypergrad.auto(memory_budget_bytes=2**40).choose(*args)
+    self.assertGreater(big.forward_bytes, big.reverse_bytes)
+    budget = big.reverse_bytes
+    c = hypergrad.auto(memory_budget_bytes=budget).choose(*args)
+    self.assertIsInstance(c.estimator, hypergrad.Reverse)
+    self.assertEqual(c.estimator.checkpoint_every, 6)  # round(sqrt(36))
+
+  def test_chunked_forward_when_only_some_tangents_fit(self):
+    # Reverse does not fit; all 5 tangents do not either, 2 at a time do.
+    diff = 2 * (5 * 4 + 4) * 8  # params and velocity, float64
+    budget = self.big.forward_bytes - 3 * diff
+    self.assertLess(budget, self.big.reverse_bytes)
+    c = hypergrad.auto(memory_budget_bytes=budget).choose(*self.args)
+    self.assertEqual(c.estimator, hypergrad.forward(chunk_size=2))
+    self.assertIn('2 tangents at a time', c.reason)
+    self.assertLessEqual(c.forward_bytes, budget)
+
+  def test_nothing_fits_takes_the_smaller(self):
+    c = hypergrad.auto(memory_budget_bytes=1).choose(*self.args)
+    self.assertIn('neither fits', c.reason)
+    self.assertEqual(c.estimator, hypergrad.forward(chunk_size=1))
+
+  @parameterized.parameters('forward', 'reverse')
+  def test_preference_wins(self, prefer):
+    c = hypergrad.auto(prefer=prefer).choose(*self.args)
+    expected = (hypergrad.forward() if prefer == 'forward'
+                else hypergrad.reverse(checkpoint_every=20))
+    self.assertEqual(c.estimator, expected)
+    self.assertIn('as preferred', c.reason)
+
+  @parameterized.parameters(None, 'forward', 'reverse')
+  def test_runs_as_an_estimator_and_matches(self, prefer):
+    est = hypergrad.auto(prefer=prefer)
+    self.assertIsInstance(est, hypergrad.Estimator)
+    out = est(*self.args)
+    ref = hypergrad.reverse()(*self.args)
+    chex.assert_trees_all_equal_shapes_and_dtypes(out.hypergrads,
+                                                  self.args[3])
+    chex.assert_trees_all_close(out.hypergrads, ref.hypergrads, rtol=1e-10,
+                                atol=1e-14)
+    self.assertEqual(int(out.info.nonfinite_step), -1)
+
+  def test_device_budget_default_on_cpu(self):
+    budget, source = auto_lib.memory_budget()
+    if jax.devices()[0].memory_stats() is None:
+      self.assertEqual(budget, auto_lib.DEFAULT_BUDGET_BYTES)
+      self.assertIn('default', source)
+    else:
+      self.assertGreater(budget, 0)
+
+  @parameterized.parameters(
+      ({'prefer': 'sideways'}, 'prefer'),
+      ({'memory_budget_bytes': 0}, 'memory_budget_bytes'),
+      ({'memory_budget_bytes': 1.5}, 'memory_budget_bytes'),
+  )
+  def test_bad_options(self, kw, match):
+    with pytest.raises(ValueError, match=match):
+      hypergrad.auto(**kw)
