@@ -681,6 +681,7 @@ def write(results, out_dir, command, tag=''):
 
 def main(argv):
   del argv
+  common.enable_compilation_cache()
   results = run_table(
       _TASK.value, horizon=_HORIZON.value, budget=_BUDGET.value,
       fds_outer_steps=_FDS_STEPS.value, seeds=_SEEDS.value,

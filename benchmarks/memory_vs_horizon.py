@@ -146,6 +146,7 @@ def _plot(rows, path):
 
 def main(argv):
   del argv
+  common.enable_compilation_cache()
   horizons = [int(s) for s in _STEPS.value]
   device = f'{jax.default_backend()} ({jax.devices()[0].device_kind})'
   print(f'backend: {device}')

@@ -1,4 +1,4 @@
-r"""How reproducible is the sign of a population hypergradient, and what does it cost?
+r"""Population hypergradients: their cost and how reproducible their sign is.
 
 On a real task (default MNIST-1D MLP, T = 1000 inner steps, 7 learning-rate
 intervals + momentum + weight decay: 9 values), members are inner runs with
@@ -70,7 +70,10 @@ _LR_INTERVALS = flags.DEFINE_integer('lr_intervals', 7,
                                      'Learning-rate intervals.')
 _TIME_SIZES = flags.DEFINE_list('time_sizes', ['1', '4', '8'],
                                 'Population sizes timed in (a); empty: skip.')
-_REPEATS = flags.DEFINE_integer('repeats', 2, 'Timed repeats (best kept).')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repeats (best kept).')
+_MEMBER_BATCHES = flags.DEFINE_list(
+    'member_batches', ['4'], 'member_batch values timed in (a) (for S above '
+    'them).')
 _POOL = flags.DEFINE_integer('pool', 48, 'Members per schedule in (b).')
 _POOL_BATCH = flags.DEFINE_integer(
     'pool_batch', 8, 'Members per population_hypergrad call building the '
@@ -121,22 +124,42 @@ def flat(tree) -> np.ndarray:
 # (a) cost.
 
 
-def time_population(task, hparams, steps, sizes, repeats, log):
-  """Rows ``[S, population s, loop s, population s / member, ratio]``."""
+def time_population(task, hparams, steps, sizes, member_batches, repeats,
+                    log):
+  """Rows ``[S, how, s, s / member, / S calls]``.
+
+  The variants of one S are timed in turn within each repeat, so that a
+  burst of load on shared cores hits all of them alike; the best is kept.
+  """
   rows = []
   for s in sizes:
     step_fns, loss_fns, states = members(task, range(10_000, 10_000 + s))
-    pop = lambda: hypergrad.population_hypergrad(
-        step_fns, loss_fns, states, hparams, steps).stats.hypergrads
     per = [jax.tree.map(lambda x, i=i: x[i], states) for i in range(s)]
-    loop = lambda: [hypergrad.forward_hypergrad(
-        step_fns[i], loss_fns[i], per[i], hparams, steps)[1]
-                    for i in range(s)]
-    t_pop = common.best_time(pop, repeats)
-    t_loop = common.best_time(loop, repeats)
-    rows.append([s, f'{t_pop:.2f}', f'{t_loop:.2f}', f'{t_pop / s:.2f}',
-                 f'{t_loop / s:.2f}', f'{t_pop / t_loop:.2f}'])
-    log(f'  S={s}: population {t_pop:.2f} s, {s} calls {t_loop:.2f} s')
+
+    def population(batch):
+      return lambda: hypergrad.population_hypergrad(
+          step_fns, loss_fns, states, hparams, steps,
+          member_batch=batch).stats.hypergrads
+
+    variants = {'one vmapped program': population(None)}
+    for b in member_batches:
+      if 1 < b < s:
+        variants[f'lax.map over batches of {b}'] = population(b)
+    variants[f'{s} forward_hypergrad calls'] = lambda: [
+        hypergrad.forward_hypergrad(step_fns[i], loss_fns[i], per[i],
+                                    hparams, steps)[1] for i in range(s)]
+    for fn in variants.values():  # compile and warm up
+      jax.block_until_ready(fn())
+    best = dict.fromkeys(variants, float('inf'))
+    for _ in range(repeats):
+      for name, fn in variants.items():
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        best[name] = min(best[name], time.perf_counter() - t0)
+    calls = best[f'{s} forward_hypergrad calls']
+    for name, t in best.items():
+      rows.append([s, name, f'{t:.2f}', f'{t / s:.2f}', f'{t / calls:.2f}'])
+      log(f'  S={s} {name}: {t:.2f} s')
   return rows
 
 
@@ -251,22 +274,28 @@ def main(argv):
       f'Produced by `python -m benchmarks.population_signal '
       f'--steps {steps} --pool {_POOL.value} --draws {_DRAWS.value} '
       f'--sizes {",".join(_SIZES.value)} '
-      f'--time_sizes {",".join(_TIME_SIZES.value)}`.\n']
+      f'--time_sizes {",".join(_TIME_SIZES.value)} '
+      f'--member_batches {",".join(_MEMBER_BATCHES.value)} '
+      f'--repeats {_REPEATS.value}`.\n']
   record = {'task': _TASK.value, 'steps': steps, 'device': device,
             'schedules': {}}
 
   sizes = [int(s) for s in _TIME_SIZES.value if s]
   if sizes:
     log('(a) cost, default schedule')
+    load = os.getloadavg()[0]
     rows = time_population(task, hparams_for(task, 'default',
                                              _LR_INTERVALS.value),
-                           steps, sizes, _REPEATS.value, log)
+                           steps, sizes,
+                           [int(b) for b in _MEMBER_BATCHES.value if b],
+                           _REPEATS.value, log)
     sections.append(
         f'## (a) Cost: one vectorised population vs S separate calls\n\n'
-        f'Default schedule; best of {_REPEATS.value} after a warm-up, '
-        f'compilation excluded.\n\n' + common.markdown_table(
-            ['S', 'population s', 'S calls s', 'population s / member',
-             'calls s / member', 'population / calls'], rows) + '\n')
+        f'Default schedule; best of {_REPEATS.value} after a warm-up '
+        f'(variants interleaved), compilation excluded; load average '
+        f'{load:.1f} before timing, on {os.cpu_count()} '
+        f'cores.\n\n' + common.markdown_table(
+            ['S', 'how', 's', 's / member', '/ S calls'], rows) + '\n')
     record['timing'] = rows
 
   rng = np.random.RandomState(_SEED.value)

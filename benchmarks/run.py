@@ -261,6 +261,7 @@ def _read_sections(path: str) -> dict[str, str]:
 
 def main(argv):
   del argv
+  common.enable_compilation_cache()
   unknown = [x for x in _SECTIONS.value if x not in SECTIONS]
   if unknown:
     raise app.UsageError(f'unknown sections {unknown}; known: '

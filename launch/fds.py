@@ -16,6 +16,10 @@ and takes ``--config`` paths of the installed package's configs
 A workdir holding a run is never overwritten: ``--resume`` continues it,
 ``--overwrite`` starts it over. It is locked while a run uses it.
 
+Compiled programs are kept in a persistent cache (``--compilation_cache_dir``,
+default ``$HYPERGRAD_CACHE_DIR`` or ``~/.cache/hypergrad/jax``), so a rerun or
+a ``--resume`` of the same config does not compile again.
+
 Several processes (hosts, or GPUs of a host) run one search together: start
 the same command in every process with ``--coordinator_address``,
 ``--num_processes`` and ``--process_id`` (or ``--distributed`` alone under
@@ -70,6 +74,11 @@ _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, 'Multi-host: call jax.distributed.initialize, '
     'detecting the three flags above from SLURM, Open MPI or a Cloud TPU VM '
     'where they are not given.')
+_CACHE_DIR = flags.DEFINE_string(
+    'compilation_cache_dir', None, 'Persistent XLA compilation cache, so a '
+    'rerun or --resume reads compiled programs back instead of compiling '
+    'them again (default: $HYPERGRAD_CACHE_DIR or ~/.cache/hypergrad/jax; '
+    '"" turns it off).')
 _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     'heartbeat_timeout', 60, 'Multi-host: seconds after which a process that '
     'died or hangs counts as lost; the others then stop with an error.',
@@ -134,6 +143,9 @@ def main(argv):
     dist_lib.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                         _PROCESS_ID.value,
                         heartbeat_timeout=_HEARTBEAT_TIMEOUT.value)
+  if _CACHE_DIR.value != '':  # pylint: disable=g-explicit-bool-comparison
+    from hypergrad.experiments import cache
+    cache.enable_compilation_cache(_CACHE_DIR.value)
   if dist_lib.process_count() == 1:
     _main()
     return

@@ -21,6 +21,8 @@ Modules:
   through optuna on an inner-step budget.
 * :mod:`hypergrad.experiments.checkpoint`, :mod:`hypergrad.experiments.plotting`:
   outer-loop checkpoints (orbax) and plots (matplotlib).
+* :mod:`hypergrad.experiments.cache`: the persistent compilation cache the
+  launch script and the benchmarks turn on, so a rerun skips compiling.
 """
 
 from hypergrad._src.extras import require
