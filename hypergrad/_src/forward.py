@@ -30,8 +30,14 @@ scan body per segment, each with its own tangent batch size: compile time
 grew with the number of intervals (8 s for 7 lr intervals, 36 s for 30, on
 the MLP of ``benchmarks/forward_cost.py`` on 2 CPU cores, against 0.6 s for
 the plain unroll). The single body compiles in about 3 plain-unroll compile
-times and runs as fast per tangent (``benchmarks/forward_cost.py`` prints
-both).
+times (1.0 s for K = 9 and 0.9 s for K = 32, plain 0.33 s). It runs slower
+than the per-segment bodies did: 1.5-1.9 s against 1.3 s per hypergradient
+for K = 9 and 4.7-4.8 s against 2.9 s for K = 32, measured on the same
+machine in one session (``python -m benchmarks.forward_cost``). Pushing the
+rows in vmapped blocks of 2 to 8 instead of one at a time changed nothing
+(within 5%), so the gap is the split of each step into ``linearize`` and a
+loop of linear maps, which XLA cannot fuse with the primal step as it fuses
+a ``jvp`` with a static tangent batch.
 """
 
 from __future__ import annotations
