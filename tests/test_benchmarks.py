@@ -7,6 +7,8 @@ grid filling it, every row in the table, and the accuracy section right.
 
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -114,3 +116,20 @@ def test_confidence_interval_is_student_t():
   sd = np.std([1.0, 1.5, 2.0, 2.5, 3.0], ddof=1)
   assert half == pytest.approx(2.776 * sd / np.sqrt(5))
   assert math.isnan(hpo_table.confidence_interval([1.0])[1])
+
+
+def test_device_split_benchmark_runs_and_reports_speed_ups():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.device_split', '--steps', '20',
+       '--repeats', '1', '--lr_intervals', '3', '--members', '2',
+       '--devices', '2'],
+      cwd=root, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '2 devices, T = 20' in proc.stdout
+  rows = [l for l in proc.stdout.splitlines() if l.startswith('| forward')
+          or l.startswith('| population')]
+  assert len(rows) == 2, proc.stdout
+  for row in rows:
+    assert float(row.split('|')[-2]) > 0

@@ -165,20 +165,46 @@ class Forward(estimator_lib.Estimator):
       the chunk, compute grows with the number of chunks). None: one chunk.
     skip_unstarted: skip tangents of intervals that have not begun (exact;
       False only for benchmarking the naive scheme).
+    mesh: a ``jax.sharding.Mesh`` with a ``tangent_axis`` axis of ``D``
+      devices, or None. The tangents are split into ``D`` chunks, one per
+      device (``chunk_size`` is then ignored), and every device runs the
+      primal unroll with its own chunk of tangents (``jax.shard_map``):
+      for many intervals or per-layer schedules, the tangent work is split
+      ``D`` ways, and so is the tangent memory. The data and the state are
+      replicated over this axis; other mesh axes are left to the caller.
+    tangent_axis: the name of the mesh axis to split the tangents over.
   """
   chunk_size: int | None = None
   skip_unstarted: bool = True
+  mesh: Any = None
+  tangent_axis: str = 'tangent'
 
   def __post_init__(self):
     object.__setattr__(self, 'chunk_size', validation.check_int(
         self.chunk_size, 'chunk_size', allow_none=True))
     object.__setattr__(self, 'skip_unstarted', bool(self.skip_unstarted))
+    if self.mesh is not None:
+      if not isinstance(self.mesh, jax.sharding.Mesh):
+        raise TypeError(f'mesh must be a jax.sharding.Mesh or None, got '
+                        f'{type(self.mesh).__name__}.')
+      if self.tangent_axis not in self.mesh.axis_names:
+        raise ValueError(f'tangent_axis={self.tangent_axis!r} is not an axis '
+                         f'of the mesh, whose axes are '
+                         f'{self.mesh.axis_names}.')
 
   def compute(self, step_fn, loss_fn, init_state, hparams, num_steps,
               progress=None) -> estimator_lib.HypergradResult:
     dirs = directions(hparams, num_steps, self.skip_unstarted)
-    size = min(self.chunk_size or len(dirs), len(dirs))
-    chunks = [dirs[c:c + size] for c in range(0, len(dirs), size)]
+    devices = (1 if self.mesh is None
+               else self.mesh.shape[self.tangent_axis])
+    if devices > 1:
+      # Round-robin over the directions sorted by start: every device gets
+      # early and late intervals alike, so their work is even.
+      chunks = [dirs[d::devices] for d in range(devices)]
+      size = max(len(c) for c in chunks)
+    else:
+      size = min(self.chunk_size or len(dirs), len(dirs))
+      chunks = [dirs[c:c + size] for c in range(0, len(dirs), size)]
     h_leaves = jax.tree.leaves(hparams)
     total = sum(h.size for h in h_leaves)
     rows = [_rows(h_leaves, c, size, num_steps) for c in chunks]
@@ -191,7 +217,9 @@ class Forward(estimator_lib.Estimator):
       return _chunk_hypergrad(step_fn, loss_fn, init_state, hparams,
                               num_steps, r, progress)
 
-    if len(chunks) == 1:
+    if devices > 1:
+      loss, values, info = self._sharded(one, rows)
+    elif len(chunks) == 1:
       loss, values, info = one(jax.tree.map(jnp.asarray, rows[0]))
       values = values[None]
     else:
@@ -216,9 +244,37 @@ class Forward(estimator_lib.Estimator):
     return estimator_lib.HypergradResult(
         loss, tangents_lib.unflatten_like(flat, hparams), info)
 
+  def _sharded(self, one, rows):
+    """``one`` on every device's chunk of rows: ``(loss, values, info)``."""
+    spec = jax.sharding.PartitionSpec
+    stacked = jax.tree.map(lambda *x: jnp.asarray(np.stack(x)), *rows)
+    stacked = jax.reshard(stacked, jax.sharding.NamedSharding(
+        self.mesh, spec(self.tangent_axis)))
+
+    def per_device(r):
+      loss, values, info = one(jax.tree.map(lambda x: x[0], r))
+      # The primal run is the same on every device: each returns its copy.
+      return jax.tree.map(lambda x: x[None], (loss, values, info))
+
+    out = jax.shard_map(per_device, mesh=self.mesh,
+                        in_specs=(spec(self.tangent_axis),),
+                        out_specs=spec(self.tangent_axis),
+                        axis_names={self.tangent_axis},
+                        check_vma=False)(stacked)
+    # Every device needs every chunk's values; the copies of the primal
+    # results are gathered too and the first is kept.
+    loss, values, info = jax.reshard(
+        out, jax.sharding.NamedSharding(self.mesh, spec()))
+    bad = info.nonfinite_step[0]
+    for d in range(1, info.nonfinite_step.shape[0]):
+      bad = unroll_lib.earliest(bad, info.nonfinite_step[d])
+    return loss[0], values, unroll_lib.UnrollInfo(
+        jax.tree.map(lambda x: x[0], info.final_state), bad)
+
 
 def forward(chunk_size: int | None = None, *,
-            skip_unstarted: bool = True) -> Forward:
+            skip_unstarted: bool = True, mesh: Any = None,
+            tangent_axis: str = 'tangent') -> Forward:
   """The forward-mode estimator (FDS), as a value to pass around.
 
   Memory is constant in the horizon: one state and one tangent per scalar
@@ -229,6 +285,9 @@ def forward(chunk_size: int | None = None, *,
   Args:
     chunk_size: bound on tangents carried at once, or None for all.
     skip_unstarted: see :class:`Forward`.
+    mesh: split the tangents over this mesh's ``tangent_axis`` (see
+      :class:`Forward`); None: one device.
+    tangent_axis: the mesh axis name.
 
   Returns:
     A :class:`Forward` estimator; call it like any :class:`Estimator`.
@@ -245,7 +304,7 @@ def forward(chunk_size: int | None = None, *,
     >>> result.hypergrads['lr'].shape, int(result.info.nonfinite_step)
     ((2,), -1)
   """
-  return Forward(chunk_size, skip_unstarted)
+  return Forward(chunk_size, skip_unstarted, mesh, tangent_axis)
 
 
 def forward_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,

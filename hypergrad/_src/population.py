@@ -353,10 +353,25 @@ def _check_init_states(init_states) -> tuple[PyTree, int]:
   return jax.tree.unflatten(treedef, out), num
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _check_member_mesh(mesh, member_axis, num):
+  if mesh is None:
+    return
+  if not isinstance(mesh, jax.sharding.Mesh):
+    raise TypeError(f'mesh must be a jax.sharding.Mesh or None, got '
+                    f'{type(mesh).__name__}.')
+  if member_axis not in mesh.axis_names:
+    raise ValueError(f'member_axis={member_axis!r} is not an axis of the '
+                     f'mesh, whose axes are {mesh.axis_names}.')
+  devices = mesh.shape[member_axis]
+  if num % devices:
+    raise ValueError(f'S={num} members cannot be split evenly over the '
+                     f'{devices} devices of mesh axis {member_axis!r}.')
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
 def _members(estimator, num_steps, step_spec, loss_spec, member_batch,
-             step_shared, step_batched, loss_shared, loss_batched,
-             init_states, hparams):
+             mesh, member_axis, step_shared, step_batched, loss_shared,
+             loss_batched, init_states, hparams):
   """Every member's loss, hypergradient, non-finite step and final state."""
 
   def member(xs):
@@ -369,10 +384,22 @@ def _members(estimator, num_steps, step_spec, loss_spec, member_batch,
     return (result.loss, result.hypergrads, result.info.nonfinite_step,
             result.info.final_state)
 
+  def run(xs):
+    if member_batch is None:
+      return jax.vmap(member)(xs)
+    return jax.lax.map(member, xs, batch_size=member_batch)
+
   xs = (step_batched, loss_batched, init_states)
-  if member_batch is None:
-    return jax.vmap(member)(xs)
-  return jax.lax.map(member, xs, batch_size=member_batch)
+  if mesh is None:
+    return run(xs)
+  # Members split over the mesh's member axis: each device runs its S / D
+  # members; the shared arrays and the schedule are replicated.
+  spec = jax.sharding.PartitionSpec
+  xs = jax.reshard(xs, jax.sharding.NamedSharding(mesh, spec(member_axis)))
+  out = jax.shard_map(run, mesh=mesh, in_specs=(spec(member_axis),),
+                      out_specs=spec(member_axis), axis_names={member_axis},
+                      check_vma=False)(xs)
+  return jax.reshard(out, jax.sharding.NamedSharding(mesh, spec()))
 
 
 def population_hypergrad(step_fn, loss_fn, init_states, hparams,
@@ -380,7 +407,9 @@ def population_hypergrad(step_fn, loss_fn, init_states, hparams,
                          estimator: estimator_lib.Estimator | None = None,
                          aggregate: str = 'mean', trim: float = 0.25,
                          min_agreement: float | None = None,
-                         member_batch: int | None = None
+                         member_batch: int | None = None,
+                         mesh: jax.sharding.Mesh | None = None,
+                         member_axis: str = 'member'
                          ) -> PopulationResult:
   r"""Hypergradients of a population of inner runs, and their aggregate.
 
@@ -423,6 +452,11 @@ def population_hypergrad(step_fn, loss_fn, init_states, hparams,
     member_batch: None (vmap over all members at once), or run members in
       batches of this many with ``jax.lax.map`` (memory for
       ``member_batch`` members, members of a batch vectorised).
+    mesh: a ``jax.sharding.Mesh`` to split the members over (its
+      ``member_axis`` of ``D`` devices, ``S`` a multiple of ``D``; each
+      device runs ``S / D`` members), or None for one device. To split each
+      member's tangents instead, pass ``estimator=hypergrad.forward(mesh=...)``.
+    member_axis: the name of that mesh axis.
 
   Returns:
     A :class:`PopulationResult` ``(loss, hypergrads, stats)``: the mean
@@ -457,13 +491,15 @@ def population_hypergrad(step_fn, loss_fn, init_states, hparams,
   member_batch = validation.check_int(member_batch, 'member_batch',
                                       allow_none=True)
   init_states, num = _check_init_states(init_states)
+  _check_member_mesh(mesh, member_axis, num)
   member0 = jax.tree.map(lambda x: x[0], init_states)
   _, hparams, num_steps = estimator_lib.validate_problem(member0, hparams,
                                                          num_steps)
   step_spec, step_shared, step_batched = _member_fns(step_fn, num, 'step_fn')
   loss_spec, loss_shared, loss_batched = _member_fns(loss_fn, num, 'loss_fn')
   losses, grads, bad, finals = _members(
-      estimator, num_steps, step_spec, loss_spec, member_batch, step_shared,
+      estimator, num_steps, step_spec, loss_spec, member_batch, mesh,
+      member_axis, step_shared,
       step_batched, loss_shared, loss_batched, init_states, hparams)
   agg = _aggregate(aggregate, grads, float(trim),
                    float(0.0 if min_agreement is None else min_agreement))
