@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,3 +80,35 @@ def quadratic_problem(curvature=2.0, dim=3, dtype=jnp.float64):
   loss_fn = lambda s: train_loss(s.params, 0)
   init = hypergrad.sgd_init(jnp.asarray(-9.0 * np.ones(dim), dtype))
   return step_fn, loss_fn, init, 1.0 / curvature
+
+
+def check_task_hypergrad(task, num_steps: int):
+  """A task's forward hypergradients equal central finite differences.
+
+  Run in float64 (``make_task(..., dtype=jnp.float64)``) on a 2-interval lr,
+  momentum and weight decay schedule. Returns ``(step_fn, state, hparams)``
+  for further checks.
+  """
+  step_fn, loss_fn, state = task.problem(init_seed=0)
+  hparams = {'lr': jnp.array([0.2, 0.1]), 'momentum': jnp.array([0.5]),
+             'weight_decay': jnp.array([1e-3])}
+  _, grads = hypergrad.forward_hypergrad(step_fn, loss_fn, state, hparams,
+                                         num_steps)
+  f = jax.jit(lambda h: loss_fn(hypergrad.unroll(step_fn, state, h,
+                                                 num_steps)))
+  chex.assert_trees_all_close(grads, finite_difference(f, hparams),
+                              rtol=1e-5, atol=1e-9)
+  return step_fn, state, hparams
+
+
+def run_forced_devices_check(module: str) -> dict:
+  """Runs ``python -m module`` (which forces host devices) and reads its JSON.
+
+  The device count is fixed when JAX starts, hence a fresh process; the
+  module prints one JSON line last.
+  """
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, '-m', module], cwd=root,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -4,23 +4,14 @@ Forced CPU devices, float64: the split programs must give the one-device
 hypergradients to round-off (the same arithmetic, only placed elsewhere).
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import helpers
 
 
 @pytest.fixture(scope='module')
 def result():
-  # The device count is fixed when JAX starts, hence a fresh process.
-  proc = subprocess.run([sys.executable, '-m', 'tests.device_split_check'],
-                        cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return helpers.run_forced_devices_check('tests.device_split_check')
 
 
 def test_four_devices_and_a_manual_split(result):

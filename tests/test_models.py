@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import hypergrad
 from hypergrad.experiments import data
 from hypergrad.experiments import models
 from hypergrad.experiments import tasks
@@ -407,13 +406,4 @@ class LeNetHypergradientTest(parameterized.TestCase):
         'digits_mlp', model='lenet', dtype=jnp.float64, batch_size=16,
         model_kwargs=(('features', (3, 4)), ('hidden', (8,)),
                       ('conv_impl', 'patches')))
-    step_fn, loss_fn, state = task.problem(init_seed=0)
-    hparams = {'lr': jnp.array([0.2, 0.1]), 'momentum': jnp.array([0.5]),
-               'weight_decay': jnp.array([1e-3])}
-    num_steps = 6
-    _, grads = hypergrad.forward_hypergrad(step_fn, loss_fn, state, hparams,
-                                           num_steps)
-    f = jax.jit(lambda h: loss_fn(hypergrad.unroll(step_fn, state, h,
-                                                   num_steps)))
-    fd = helpers.finite_difference(f, hparams)
-    chex.assert_trees_all_close(grads, fd, rtol=1e-5, atol=1e-9)
+    helpers.check_task_hypergrad(task, num_steps=6)

@@ -1,6 +1,5 @@
 """Data-parallel unrolls on a 4-device CPU mesh equal the single-device ones."""
 
-import json
 import os
 import subprocess
 import sys
@@ -9,17 +8,14 @@ import numpy as np
 import pytest
 
 from hypergrad.experiments import tasks
+from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
 def result():
-  # The device count is fixed when JAX starts, hence a fresh process.
-  proc = subprocess.run([sys.executable, '-m', 'tests.sharding_check'],
-                        cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return helpers.run_forced_devices_check('tests.sharding_check')
 
 
 def test_four_devices_seen(result):
