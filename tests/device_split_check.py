@@ -13,6 +13,7 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
 
 jax.config.update('jax_enable_x64', True)
 
@@ -51,6 +52,12 @@ def main():
                                       split.info.final_state),
                  'nonfinite_step': int(split.info.nonfinite_step)}
   hp = cases['fds_k9']
+  # A mesh built with the Mesh constructor has Auto axes (make_mesh's are
+  # Explicit): both kinds work.
+  auto_mesh = jax.sharding.Mesh(np.array(jax.devices()), ('tangent',))
+  one = hypergrad.forward()(step_fn, loss_fn, state, hp, 120)
+  split = hypergrad.forward(mesh=auto_mesh)(step_fn, loss_fn, state, hp, 120)
+  out['auto_axes'] = _diff(one.hypergrads, split.hypergrads)
   lowered = jax.jit(lambda s, h: hypergrad.forward(mesh=tangent_mesh)(
       step_fn, loss_fn, s, h, 120).hypergrads).lower(state, hp).as_text()
   out['manual_computation'] = 'manual_computation' in lowered or (
@@ -62,12 +69,17 @@ def main():
                                        aggregate='median')
   by_member = hypergrad.population_hypergrad(
       step_fn, loss_fn, states, hp, 120, aggregate='median', mesh=member_mesh)
+  by_member_auto = hypergrad.population_hypergrad(
+      step_fn, loss_fn, states, hp, 120, aggregate='median',
+      mesh=jax.sharding.Mesh(np.array(jax.devices()), ('member',)))
   by_tangent = hypergrad.population_hypergrad(
       step_fn, loss_fn, states, hp, 120, aggregate='median',
       estimator=hypergrad.forward(mesh=tangent_mesh))
   out['population'] = {
       'members_split': _diff(ref.stats.hypergrads, by_member.stats.hypergrads),
       'members_split_aggregate': _diff(ref.hypergrads, by_member.hypergrads),
+      'members_split_auto_axes': _diff(ref.stats.hypergrads,
+                                       by_member_auto.stats.hypergrads),
       'tangents_split': _diff(ref.stats.hypergrads,
                               by_tangent.stats.hypergrads),
   }

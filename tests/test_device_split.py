@@ -27,6 +27,10 @@ def test_tangent_axis_equals_one_device(result, case):
   assert r['nonfinite_step'] == -1
 
 
+def test_meshes_with_auto_axes_too(result):
+  assert result['auto_axes'] <= 1e-12
+
+
 def test_population_members_and_tangents_split(result):
   for key, value in result['population'].items():
     assert value <= 1e-12, (key, value)

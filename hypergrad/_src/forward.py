@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hypergrad._src import devices as devices_lib
 from hypergrad._src import estimator as estimator_lib
 from hypergrad._src import schedule
 from hypergrad._src import tangents as tangents_lib
@@ -183,14 +184,7 @@ class Forward(estimator_lib.Estimator):
     object.__setattr__(self, 'chunk_size', validation.check_int(
         self.chunk_size, 'chunk_size', allow_none=True))
     object.__setattr__(self, 'skip_unstarted', bool(self.skip_unstarted))
-    if self.mesh is not None:
-      if not isinstance(self.mesh, jax.sharding.Mesh):
-        raise TypeError(f'mesh must be a jax.sharding.Mesh or None, got '
-                        f'{type(self.mesh).__name__}.')
-      if self.tangent_axis not in self.mesh.axis_names:
-        raise ValueError(f'tangent_axis={self.tangent_axis!r} is not an axis '
-                         f'of the mesh, whose axes are '
-                         f'{self.mesh.axis_names}.')
+    devices_lib.check_mesh_axis(self.mesh, self.tangent_axis, 'tangent_axis')
 
   def compute(self, step_fn, loss_fn, init_state, hparams, num_steps,
               progress=None) -> estimator_lib.HypergradResult:
@@ -248,8 +242,7 @@ class Forward(estimator_lib.Estimator):
     """``one`` on every device's chunk of rows: ``(loss, values, info)``."""
     spec = jax.sharding.PartitionSpec
     stacked = jax.tree.map(lambda *x: jnp.asarray(np.stack(x)), *rows)
-    stacked = jax.reshard(stacked, jax.sharding.NamedSharding(
-        self.mesh, spec(self.tangent_axis)))
+    stacked = devices_lib.place(stacked, self.mesh, self.tangent_axis)
 
     def per_device(r):
       loss, values, info = one(jax.tree.map(lambda x: x[0], r))
@@ -263,8 +256,7 @@ class Forward(estimator_lib.Estimator):
                         check_vma=False)(stacked)
     # Every device needs every chunk's values; the copies of the primal
     # results are gathered too and the first is kept.
-    loss, values, info = jax.reshard(
-        out, jax.sharding.NamedSharding(self.mesh, spec()))
+    loss, values, info = devices_lib.place(out, self.mesh)
     bad = info.nonfinite_step[0]
     for d in range(1, info.nonfinite_step.shape[0]):
       bad = unroll_lib.earliest(bad, info.nonfinite_step[d])

@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hypergrad._src import devices as devices_lib
 from hypergrad._src import estimator as estimator_lib
 from hypergrad._src import forward as forward_lib
 from hypergrad._src import unroll as unroll_lib
@@ -354,14 +355,9 @@ def _check_init_states(init_states) -> tuple[PyTree, int]:
 
 
 def _check_member_mesh(mesh, member_axis, num):
+  devices_lib.check_mesh_axis(mesh, member_axis, 'member_axis')
   if mesh is None:
     return
-  if not isinstance(mesh, jax.sharding.Mesh):
-    raise TypeError(f'mesh must be a jax.sharding.Mesh or None, got '
-                    f'{type(mesh).__name__}.')
-  if member_axis not in mesh.axis_names:
-    raise ValueError(f'member_axis={member_axis!r} is not an axis of the '
-                     f'mesh, whose axes are {mesh.axis_names}.')
   devices = mesh.shape[member_axis]
   if num % devices:
     raise ValueError(f'S={num} members cannot be split evenly over the '
@@ -395,11 +391,11 @@ def _members(estimator, num_steps, step_spec, loss_spec, member_batch,
   # Members split over the mesh's member axis: each device runs its S / D
   # members; the shared arrays and the schedule are replicated.
   spec = jax.sharding.PartitionSpec
-  xs = jax.reshard(xs, jax.sharding.NamedSharding(mesh, spec(member_axis)))
+  xs = devices_lib.place(xs, mesh, member_axis)
   out = jax.shard_map(run, mesh=mesh, in_specs=(spec(member_axis),),
                       out_specs=spec(member_axis), axis_names={member_axis},
                       check_vma=False)(xs)
-  return jax.reshard(out, jax.sharding.NamedSharding(mesh, spec()))
+  return devices_lib.place(out, mesh)
 
 
 def population_hypergrad(step_fn, loss_fn, init_states, hparams,
