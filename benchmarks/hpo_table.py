@@ -18,6 +18,9 @@ Methods (all learn lr, momentum and weight decay of SGD with momentum):
   step sizes: for MNIST-1D the default schedule with steps lr 0.05,
   momentum 0.02, wd 3e-4, for the others the paper's init 0 with steps
   0.1, 0.1, 3e-4).
+* ``fds_pop``: FDS-population, the same loop where each outer step's
+  hypergradient is the median of ``POPULATION`` (4) inner runs, each with its
+  own initialisation and validation split; charged its measured cost.
 * ``fds_zero``: the task's launch config with the FDS paper's initial
   values and outer steps from ``launch/configs/base.py`` (init 0, steps lr
   0.1, momentum 0.1, wd 3e-4), whatever the task's config says.
@@ -94,7 +97,14 @@ from launch.configs import base
 
 GREEDY = ('hd', 'rtho', 'truncated')
 BLACKBOX = blackbox.METHODS
-OUTER = ('fds', 'fds_zero', 'reverse')
+OUTER = ('fds', 'fds_pop', 'fds_zero', 'reverse')
+# FDS-population: each outer step aggregates this many inner runs (own
+# initialisation and validation split) by the median, the aggregate whose
+# sign two populations agree on most often
+# (benchmarks/results/population_signal.md). It is charged its measured cost:
+# about POPULATION FDS hypergradients per outer step.
+POPULATION = 4
+POPULATION_AGGREGATE = 'median'
 METHODS = ('default',) + OUTER + GREEDY + BLACKBOX
 # The bounds of the automatic greedy meta-step grid (total drift of lr over
 # the run, see greedy_method).
@@ -249,6 +259,14 @@ def measure_costs(task, horizon: int, config, methods, repeats: int,
   if 'fds' in methods or 'fds_zero' in methods:
     calls['fds'] = lambda: hypergrad.forward()(
         step_fn, loss_fn, state, fds_h, horizon)
+  if 'fds_pop' in methods:
+    # The search's own per-outer-step function: S members, each with its
+    # split and initialisation, in one program.
+    pop_fn = fds_lib.make_hypergrad_fn(
+        task, hypergrad.forward(), horizon, seed=0,
+        redraw_val=config.redraw_val, fresh_init=config.fresh_init,
+        population=POPULATION, aggregate=POPULATION_AGGREGATE)
+    calls['fds_pop'] = lambda: pop_fn(fds_h, 0)
   if 'reverse' in methods:
     calls['reverse'] = lambda: hypergrad.reverse(reverse_ckpt)(
         step_fn, loss_fn, state, fds_h, horizon)
@@ -274,7 +292,8 @@ def measure_costs(task, horizon: int, config, methods, repeats: int,
 # (inner-step equivalents spent, schedule it would return now).
 
 
-def run_outer(task, config, horizon, budget, cost, estimator, seed, init):
+def run_outer(task, config, horizon, budget, cost, estimator, seed, init,
+              population=1):
   """FDS's outer loop with any estimator value's hypergradients."""
   max_steps = int(math.floor(budget / cost + 1e-9))
   hparams0 = initial_fds_hparams(task, config, init)
@@ -282,7 +301,9 @@ def run_outer(task, config, horizon, budget, cost, estimator, seed, init):
     return [(0.0, hparams0)], {'outer_steps': 0}
   fn = fds_lib.make_hypergrad_fn(task, estimator, horizon, seed=seed,
                                  redraw_val=config.redraw_val,
-                                 fresh_init=config.fresh_init)
+                                 fresh_init=config.fresh_init,
+                                 population=population,
+                                 aggregate=POPULATION_AGGREGATE)
   opt = hypergrad.sign_descent({k: config.step_sizes[k] for k in KINDS})
   checkpoints = [(0.0, hparams0)]
   records = []
@@ -475,7 +496,8 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
             task, paper_config(config) if zero else config, horizon, budget,
             cost[m], (hypergrad.reverse(reverse_ckpt) if m == 'reverse'
                       else hypergrad.forward()), seed,
-            'config' if zero else fds_init)
+            'config' if zero else fds_init,
+            POPULATION if m == 'fds_pop' else 1)
       elif m in GREEDY:
         checkpoints, info = run_greedy(task, m, horizon, budget, cost[m],
                                        seed, greedy_scales)
@@ -556,6 +578,8 @@ def _mean_std(values):
 
 
 LABELS = {'default': 'default schedule', 'fds': 'FDS (forward, non-greedy)',
+          'fds_pop': f'FDS-population (S={POPULATION}, '
+                     f'{POPULATION_AGGREGATE})',
           'fds_zero': 'FDS, paper setting (init 0, steps 0.1)',
           'reverse': 'reverse-mode non-greedy', 'hd': 'HD (greedy)',
           'rtho': 'RTHO (greedy)', 'truncated': 'truncated greedy',
