@@ -256,17 +256,20 @@ def measure_costs(task, horizon: int, config, methods, repeats: int,
                                        num_steps=horizon, start=0,
                                        stop=horizon)
   calls = {}
-  if 'fds' in methods or 'fds_zero' in methods:
-    calls['fds'] = lambda: hypergrad.forward()(
-        step_fn, loss_fn, state, fds_h, horizon)
-  if 'fds_pop' in methods:
-    # The search's own per-outer-step function: S members, each with its
-    # split and initialisation, in one program.
-    pop_fn = fds_lib.make_hypergrad_fn(
+  # An FDS outer step is charged what the search's own per-outer-step
+  # function costs (new split and initialisation included), for one inner
+  # run and for a population alike.
+  def outer_step_fn(population):
+    fn = fds_lib.make_hypergrad_fn(
         task, hypergrad.forward(), horizon, seed=0,
         redraw_val=config.redraw_val, fresh_init=config.fresh_init,
-        population=POPULATION, aggregate=POPULATION_AGGREGATE)
-    calls['fds_pop'] = lambda: pop_fn(fds_h, 0)
+        population=population, aggregate=POPULATION_AGGREGATE)
+    return lambda: fn(fds_h, 0)
+
+  if 'fds' in methods or 'fds_zero' in methods:
+    calls['fds'] = outer_step_fn(1)
+  if 'fds_pop' in methods:
+    calls['fds_pop'] = outer_step_fn(POPULATION)
   if 'reverse' in methods:
     calls['reverse'] = lambda: hypergrad.reverse(reverse_ckpt)(
         step_fn, loss_fn, state, fds_h, horizon)
