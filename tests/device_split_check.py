@@ -51,6 +51,13 @@ def main():
                  'final_state': _diff(one.info.final_state,
                                       split.info.final_state),
                  'nonfinite_step': int(split.info.nonfinite_step)}
+  # A run that diverges in its second interval: the first non-finite step
+  # is the earliest over the devices' chunks, as on one device.
+  bad_hp = {'lr': jnp.array([0.05, 1e30]), 'momentum': jnp.array([0.5])}
+  out['diverging'] = [
+      int(hypergrad.forward(mesh=m)(step_fn, loss_fn, state, bad_hp,
+                                    120).info.nonfinite_step)
+      for m in (None, tangent_mesh)]
   hp = cases['fds_k9']
   # A mesh built with the Mesh constructor has Auto axes (make_mesh's are
   # Explicit): both kinds work.

@@ -27,6 +27,11 @@ def test_tangent_axis_equals_one_device(result, case):
   assert r['nonfinite_step'] == -1
 
 
+def test_divergence_reported_at_the_same_step(result):
+  one, split = result['diverging']
+  assert one >= 60 and split == one, result['diverging']
+
+
 def test_meshes_with_auto_axes_too(result):
   assert result['auto_axes'] <= 1e-12
 

@@ -246,23 +246,23 @@ class Forward(estimator_lib.Estimator):
 
     def per_device(r):
       loss, values, info = one(jax.tree.map(lambda x: x[0], r))
-      # The primal run is the same on every device: each returns its copy.
-      return jax.tree.map(lambda x: x[None], (loss, values, info))
+      return loss, values[None], info._replace(
+          nonfinite_step=info.nonfinite_step[None])
 
-    out = jax.shard_map(per_device, mesh=self.mesh,
-                        in_specs=(spec(self.tangent_axis),),
-                        out_specs=spec(self.tangent_axis),
+    # The primal run is the same on every device, so its loss and final
+    # state leave as replicated values (no copies gathered); the chunks'
+    # values and non-finite steps are gathered.
+    split, same = spec(self.tangent_axis), spec()
+    out = jax.shard_map(per_device, mesh=self.mesh, in_specs=(split,),
+                        out_specs=(same, split, unroll_lib.UnrollInfo(
+                            same, split)),
                         axis_names={self.tangent_axis},
                         check_vma=False)(stacked)
-    # Every device needs every chunk's values; the copies of the primal
-    # results are gathered too and the first is kept.
     loss, values, info = devices_lib.place(out, self.mesh)
     bad = info.nonfinite_step[0]
     for d in range(1, info.nonfinite_step.shape[0]):
       bad = unroll_lib.earliest(bad, info.nonfinite_step[d])
-    return loss[0], values, unroll_lib.UnrollInfo(
-        jax.tree.map(lambda x: x[0], info.final_state), bad)
-
+    return loss, values, info._replace(nonfinite_step=bad)
 
 def forward(chunk_size: int | None = None, *,
             skip_unstarted: bool = True, mesh: Any = None,
