@@ -17,6 +17,15 @@ def _pyplot():
   return plt
 
 
+def _save(plt, fig, path: str, title: str = '') -> None:
+  """Titles, lays out, writes and closes a figure (no figure is left open)."""
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def _per_step(values, num_steps: int) -> np.ndarray:
   values = np.asarray(values, np.float64)
   n = values.shape[0]
@@ -59,11 +68,7 @@ def plot_schedules(records: Sequence[Mapping], num_steps: int, path: str,
     ax.set_xlabel('inner step')
     ax.grid(alpha=0.3)
   axes[0][0].legend(fontsize=8)
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(plt, fig, path, title)
 
 
 def plot_validation(records: Sequence[Mapping], path: str,
@@ -90,11 +95,7 @@ def plot_validation(records: Sequence[Mapping], path: str,
     axes[0][1].set_ylabel('validation accuracy (%)')
     axes[0][1].grid(alpha=0.3)
     axes[0][1].legend(fontsize=8)
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(plt, fig, path, title)
 
 
 def plot_sign_agreement(records: Sequence[Mapping], path: str,
@@ -129,6 +130,4 @@ def plot_sign_agreement(records: Sequence[Mapping], path: str,
   fig.colorbar(image, ax=ax, label=label)
   if title:
     ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(plt, fig, path)
