@@ -51,9 +51,6 @@ from hypergrad.experiments import tasks as tasks_lib
 
 TASK_NAMES = ('mnist1d_mlp', 'digits_mlp', 'mnist1d_lenet',
               'fashion_mnist_lenet', 'cifar10_wrn16_1')
-# Share of --task_steps timed per task (all of it since the CPU path's
-# patches convolutions); WRN-16-1 takes --wrn_steps.
-STEP_SHARE: dict[str, float] = {}
 RATIO_TASKS = ('mnist1d_mlp', 'cifar10_wrn16_1')
 # Synthetic CIFAR-10 stand-in: enough examples for a few shuffled epochs.
 _SYNTHETIC_EXAMPLES = 2048
@@ -168,7 +165,9 @@ def measure(names=TASK_NAMES, steps: int = 500, wrn_steps: int = 7,
       rows.append({'task': name, 'source': source})
       log(f'{name}: skipped, {source}')
       continue
-    n = wrn_steps if wrn else max(int(steps * STEP_SHARE.get(name, 1.0)), 7)
+    # WRN-16-1 takes --wrn_steps; every other task --task_steps (>= 7, the
+    # fewest that hold 7 lr intervals).
+    n = wrn_steps if wrn else max(steps, 7)
     # One timed run where a step takes seconds: the spread is small there.
     r = 1 if wrn else repeats
     row = {'task': name, 'source': source,
