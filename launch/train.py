@@ -184,6 +184,11 @@ def validate_config(config) -> list[str]:
     batch = config.batch_size or tasks_lib.TASKS[config.task].batch_size
     tasks_lib.check_mesh(mesh, batch)
     dist_lib.check_mesh(mesh)
+    fds_lib.estimator_from_config(config, mesh)
+    members = tasks_lib.mesh_size(mesh, 'member')
+    if population % members:
+      raise ValueError(f'population={population} must be a multiple of the '
+                       f'{members} devices of the member axis.')
   except ValueError as e:
     raise ConfigError(f'mesh={config.get("mesh", "")!r}: {e}') from None
   return kinds
@@ -209,14 +214,15 @@ def _hypergrad_fn(config, task):
         task.evaluate(final_state, 'val', split)['accuracy']
         if nonfinite_step < 0 else float('nan'))
 
+  mesh = tasks_lib.make_mesh(config.get('mesh', ''))
   inner = fds_lib.make_hypergrad_fn(
-      task, fds_lib.estimator_from_config(config), config.horizon,
+      task, fds_lib.estimator_from_config(config, mesh), config.horizon,
       seed=config.seed, redraw_val=config.redraw_val,
       fresh_init=config.fresh_init,
       progress=hypergrad.Progress(on_step, progress_every),
       on_result=on_result, population=config.population,
       aggregate=config.aggregate,
-      min_agreement=config.min_agreement or None)
+      min_agreement=config.min_agreement or None, mesh=mesh)
 
   def fn(hparams, outer_step):
     # Host values every step: after an outer update they are device arrays
@@ -359,7 +365,8 @@ def _run(config, kinds, config_json, workdir, resume):
   task = tasks_lib.make_task(config.task, data_dir=config.data_dir or None,
                              seed=config.seed,
                              val_fraction=config.val_fraction,
-                             mesh=tasks_lib.make_mesh(config.get('mesh', '')),
+                             mesh=tasks_lib.data_mesh(
+                                 tasks_lib.make_mesh(config.get('mesh', ''))),
                              **overrides)
   hparams0 = fds_lib.initial_hparams(
       task, {k: config.init[k] for k in kinds}, config.intervals)

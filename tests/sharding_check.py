@@ -4,8 +4,10 @@ Prints one JSON line: single-device and 4-device hypergradients of the same
 problem, and the per-device shard shape of a training batch.
 """
 
+import csv
 import json
 import os
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=4')
@@ -28,6 +30,67 @@ def hypergrads(mesh):
   return task, float(loss), {k: np.asarray(v).tolist() for k, v in g.items()}
 
 
+def launch_runs():
+  """The launch job on one device and split over tangents or members.
+
+  Returns ``{spec: (learned schedule, validation losses per outer step)}``.
+  """
+  from launch import train  # pylint: disable=g-import-not-at-top
+  from launch.configs import digits_mlp  # pylint: disable=g-import-not-at-top
+  # Which splits the runs really made: meshes the estimators and the
+  # population were given.
+  seen = []
+  population_hypergrad = hypergrad.population_hypergrad
+
+  def recording(*args, **kwargs):
+    seen.append(dict(kwargs['mesh'].shape) if kwargs.get('mesh') else None)
+    return population_hypergrad(*args, **kwargs)
+
+  hypergrad.population_hypergrad = recording
+  compute = hypergrad.Forward.compute
+
+  def recording_compute(self, *args, **kwargs):
+    seen.append(dict(self.mesh.shape) if self.mesh else None)
+    return compute(self, *args, **kwargs)
+
+  hypergrad.Forward.compute = recording_compute
+  out = {}
+  for spec, population in (('', 1), ('tangent=4', 1), ('', 2),
+                           ('member=2', 2)):
+    del seen[:]
+    c = digits_mlp.get_config()
+    c.horizon, c.outer_steps, c.retrain_inits = 40, 2, 1
+    c.intervals.lr, c.init.lr = 3, 0.05
+    c.mesh, c.population = spec, population
+    with tempfile.TemporaryDirectory() as workdir:
+      summary = train.train_and_evaluate(c, workdir)
+      with open(os.path.join(workdir, 'metrics.csv')) as f:
+        losses = [float(r['val_loss']) for r in csv.DictReader(f)]
+    # Traced once per program: the first record is the search's.
+    out[f'{spec or "one"}/{population}'] = (summary['learned_schedule'],
+                                            losses, seen[0])
+  return out
+
+
+def refused():
+  """The launch's errors for meshes that cannot run, by case."""
+  from launch import train  # pylint: disable=g-import-not-at-top
+  from launch.configs import digits_mlp  # pylint: disable=g-import-not-at-top
+  out = {}
+  for case, fields in (
+      ('reverse_tangent', {'mesh': 'tangent=2', 'estimator': 'reverse'}),
+      ('population_members', {'mesh': 'member=2', 'population': 3}),
+      ('data_and_tangent', {'mesh': 'data=2,tangent=2'})):
+    c = digits_mlp.get_config()
+    c.update(fields)
+    try:
+      train.validate_config(c)
+      out[case] = 'accepted'
+    except train.ConfigError as e:
+      out[case] = str(e)
+  return out
+
+
 def main():
   mesh = tasks.make_mesh('data=4')
   _, loss1, g1 = hypergrads(None)
@@ -44,6 +107,8 @@ def main():
       'loss1': loss1, 'loss4': loss4, 'g1': g1, 'g4': g4,
       'shard_shape': list(out_sharding.shard_shape(x.shape)),
       'all_reduce_in_step': 'all-reduce' in hlo,
+      'launch': launch_runs(),
+      'refused': refused(),
   }))
 
 

@@ -34,12 +34,43 @@ def test_batch_really_split(result):
   assert result['all_reduce_in_step']
 
 
+@pytest.mark.parametrize('one, split, mesh', [
+    ('one/1', 'tangent=4/1', {'data': 1, 'tangent': 4}),
+    ('one/2', 'member=2/2', {'data': 1, 'member': 2})])
+def test_launch_split_over_tangents_or_members_equals_one_device(
+    result, one, split, mesh):
+  (schedule1, losses1, mesh1), (schedule2, losses2, mesh2) = (
+      result['launch'][one], result['launch'][split])
+  assert mesh1 is None and mesh2 == mesh
+  np.testing.assert_allclose(losses2, losses1, rtol=1e-5)
+  assert schedule2.keys() == schedule1.keys()
+  for kind in schedule1:
+    np.testing.assert_allclose(schedule2[kind], schedule1[kind], rtol=1e-6)
+
+
 def test_bad_mesh_specs():
   with pytest.raises(ValueError, match="'data=N'"):
     tasks.make_mesh('model=2')
+  with pytest.raises(ValueError, match="'data=N'"):
+    tasks.make_mesh('data=1,data=1')
   with pytest.raises(ValueError, match='needs 64 devices'):
     tasks.make_mesh('data=64')
+  with pytest.raises(ValueError, match='data=2 and tangent=2'):
+    tasks.make_mesh('data=2,tangent=2')
   assert tasks.make_mesh('') is None
+  mesh = tasks.make_mesh('tangent=1')
+  assert mesh.axis_names == ('data', 'tangent')
+  assert tasks.data_mesh(mesh) is None
+  assert tasks.mesh_size(mesh, 'member') == 1
+
+
+@pytest.mark.parametrize('case, named', [
+    ('reverse_tangent', "estimator='reverse'"),
+    ('population_members', 'population=3'),
+    ('data_and_tangent', 'data=2 and tangent=2'),
+])
+def test_launch_split_configs_refused_before_compute(result, case, named):
+  assert named in result['refused'][case]
 
 
 def test_launch_mesh_flag_validated(tmp_path):

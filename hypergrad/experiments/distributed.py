@@ -203,7 +203,7 @@ def check_same(key: str, value: str, what: str) -> None:
 
 
 def check_mesh(mesh) -> None:
-  """In a multi-process run, the mesh must hold devices of every process.
+  """In a multi-process run, the mesh must split data over every process.
 
   A process without devices in the mesh would compute nothing of the run;
   without a mesh every process would compute the whole run on its own.
@@ -218,6 +218,11 @@ def check_mesh(mesh) -> None:
   if mesh is None:
     raise ValueError(f'a run of {process_count()} processes needs a mesh '
                      f'over their devices; {hint}.')
+  if 'data' not in mesh.axis_names or mesh.shape['data'] == 1:
+    # The task's arrays are process-local unless placed on a data axis.
+    raise ValueError(f'a run of {process_count()} processes splits '
+                     f'minibatches over them, not tangents or members '
+                     f'(mesh {dict(mesh.shape)}); {hint}.')
   missing = (set(range(process_count()))
              - {d.process_index for d in mesh.devices.flat})
   if missing:

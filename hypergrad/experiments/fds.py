@@ -47,18 +47,30 @@ def first_member(result) -> tuple[Any, int]:
   return result.info.final_state, int(result.info.nonfinite_step)
 
 
-def estimator_from_config(config) -> hypergrad.Estimator:
+def estimator_from_config(config, mesh=None) -> hypergrad.Estimator:
   """The estimator value named by a launch config.
 
   Fields: ``estimator`` (``'forward'`` or ``'reverse'``), ``chunk_size``
   (forward; 0: all tangents at once), ``checkpoint_every`` (reverse; 0: no
   rematerialisation).
 
+  Args:
+    config: the launch config.
+    mesh: the run's mesh (:func:`tasks.make_mesh`): with a ``tangent`` axis
+      of more than one device, forward mode splits its tangents over it.
+
   Raises:
-    ValueError: an unknown name.
+    ValueError: an unknown name, or a ``tangent`` axis with reverse mode.
   """
+  split = tasks_lib.mesh_size(mesh, 'tangent') > 1
   if config.estimator == 'forward':
+    if split:
+      return hypergrad.forward(mesh=mesh, tangent_axis='tangent')
     return hypergrad.forward(config.chunk_size or None)
+  if split:
+    raise ValueError(f'a tangent mesh axis splits forward mode\'s tangents; '
+                     f'estimator={config.estimator!r} has none (drop '
+                     f'tangent= from the mesh).')
   if config.estimator == 'reverse':
     return hypergrad.reverse(config.checkpoint_every or None)
   raise ValueError(f'unknown estimator {config.estimator!r}; known: '
@@ -78,7 +90,8 @@ def make_hypergrad_fn(
     progress: hypergrad.Progress | None = None,
     on_result: Callable[[Any, Any], None] | None = None,
     population: int = 1, aggregate: str = 'mean',
-    min_agreement: float | None = None) -> Callable[[Any, int], Any]:
+    min_agreement: float | None = None,
+    mesh: jax.sharding.Mesh | None = None) -> Callable[[Any, int], Any]:
   """FDS's ``hypergrad_fn(hparams, outer_step)`` for a task.
 
   With ``population=S > 1`` each outer step's hypergradient aggregates ``S``
@@ -101,6 +114,9 @@ def make_hypergrad_fn(
     population: inner runs per outer step, ``S >= 1``.
     aggregate, min_agreement: how a population's hypergradients combine
       (see :func:`hypergrad.population_hypergrad`); ignored for ``S = 1``.
+    mesh: a mesh with a ``member`` axis splits a population's members over
+      its devices (``S`` must be a multiple of its size); other axes are
+      the task's and the estimator's.
 
   Returns:
     The function :func:`hypergrad.fds_search` takes; the same compiled
@@ -112,6 +128,11 @@ def make_hypergrad_fn(
                     f'{estimator!r}.')
 
   population = validation.check_int(population, 'population')
+  members = tasks_lib.mesh_size(mesh, 'member')
+  if population % members:
+    raise ValueError(f'population={population} must be a multiple of the '
+                     f'{members} devices of the mesh\'s member axis.')
+  member_mesh = mesh if members > 1 else None
 
   def fn(hparams, outer_step: int):
     s = outer_seed(seed, outer_step)
@@ -127,7 +148,7 @@ def make_hypergrad_fn(
           [task.step_fn(x) for x in splits], [task.loss_fn(x) for x in splits],
           jax.tree.map(lambda *xs: jax.numpy.stack(xs), *states), hparams,
           horizon, estimator=estimator, aggregate=aggregate,
-          min_agreement=min_agreement)
+          min_agreement=min_agreement, mesh=member_mesh)
     if on_result is not None:
       on_result(result, splits[0])
     return result

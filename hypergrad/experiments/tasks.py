@@ -367,27 +367,66 @@ def check_mesh(mesh, batch_size):
   return mesh
 
 
+MESH_AXES = ('data', 'tangent', 'member')
+
+
 def make_mesh(spec: str) -> jax.sharding.Mesh | None:
-  """A device mesh from ``'data=4'`` (``''``: None, single device).
+  """A device mesh from ``'data=4'`` or ``'data=2,tangent=2'`` (``''``: None).
+
+  Axes: ``data`` splits every minibatch (data parallel), ``tangent`` splits
+  forward mode's tangents (``hypergrad.forward(mesh=...)``) and ``member``
+  a population's inner runs (``hypergrad.population_hypergrad(mesh=...)``).
+  Each may be given once, and at most one may span more than one device:
+  the task's arrays are placed on the ``data`` axis, and inside a tangent or
+  member split (``jax.shard_map``) arrays placed on the whole mesh do not
+  match the split's mesh. ``data`` is always in the mesh (size 1 when not
+  given); the mesh uses the first ``data * tangent * member`` devices. Give
+  the task only a mesh that splits data (:func:`data_mesh`).
 
   Raises:
-    ValueError: a malformed spec, an axis other than ``data``, or more
-      devices than JAX sees.
+    ValueError: a malformed spec, an unknown or repeated axis, two axes of
+      more than one device, or more devices than JAX sees.
   """
   if not spec:
     return None
   axes = {}
   for item in spec.split(','):
-    name, _, size = item.partition('=')
-    if name.strip() != 'data' or not size.strip().isdigit() or int(size) < 1:
-      raise ValueError(f"mesh spec must look like 'data=N' with N >= 1, got "
-                       f'{spec!r}.')
-    axes[name.strip()] = int(size)
-  n = axes['data']
+    name, _, size = (x.strip() for x in item.partition('='))
+    if (name not in MESH_AXES or name in axes or not size.isdigit()
+        or int(size) < 1):
+      raise ValueError(
+          f"mesh spec must look like 'data=N' or 'data=N,tangent=M' (axes "
+          f"{', '.join(MESH_AXES)}, each once, sizes >= 1), got {spec!r}.")
+    axes[name] = int(size)
+  axes.setdefault('data', 1)
+  wide = [f'{a}={n}' for a, n in axes.items() if n > 1]
+  if len(wide) > 1:
+    raise ValueError(f'mesh {spec!r} splits over {" and ".join(wide)}; '
+                     'give one axis more than one device (data, tangent or '
+                     'member), not several.')
+  names = tuple(a for a in MESH_AXES if a in axes)
+  shape = tuple(axes[a] for a in names)
+  n = int(np.prod(shape))
   if n > jax.device_count():
     raise ValueError(f'mesh {spec!r} needs {n} devices; JAX sees '
                      f'{jax.device_count()} ({jax.devices()[0].platform}).')
-  return jax.sharding.Mesh(np.array(jax.devices()[:n]), ('data',))
+  return jax.sharding.Mesh(np.array(jax.devices()[:n]).reshape(shape), names)
+
+
+def data_mesh(mesh: jax.sharding.Mesh | None) -> jax.sharding.Mesh | None:
+  """``mesh`` when it splits minibatches (``data`` > 1), else None.
+
+  A tangent or member mesh leaves the task on one device's worth of
+  arrays, which every device of the split then reads as a closure.
+  """
+  return mesh if mesh_size(mesh, 'data') > 1 else None
+
+
+def mesh_size(mesh: jax.sharding.Mesh | None, axis: str) -> int:
+  """Devices along ``axis`` of ``mesh`` (1 without a mesh or that axis)."""
+  if mesh is None or axis not in mesh.axis_names:
+    return 1
+  return int(mesh.shape[axis])
 
 
 def make_task(name: str, *, data_dir: str | None = None, seed: int = 0,

@@ -42,5 +42,7 @@ def get_base_config(task: str) -> ml_collections.ConfigDict:
   c.retrain_steps = 0           # 0 = horizon
   c.retrain_inits = 3           # paired retrains of learned and default
   c.progress_every = 0          # inner-step progress period; 0 = horizon // 10
-  c.mesh = ''                   # 'data=N': split minibatches over N devices
+  # 'data=N': split minibatches over N devices; 'tangent=N': forward mode's
+  # tangents; 'member=N': a population's inner runs (one axis at a time).
+  c.mesh = ''
   return c
