@@ -9,7 +9,9 @@ and K = 32 (30 + 1 + 1):
 * time(forward_hypergrad) / time(plain unroll), for the interval-skipping
   scheme and the naive one (every tangent carried from step 0);
 
-and the compiled peak memory at T = 1,000 and T = 10,000.
+the arithmetic floor of exact forward mode (:func:`flop_floor`: XLA's
+flop count of a tangent push against a plain step); and the compiled peak
+memory at T = 1,000 and T = 10,000.
 
 Targets: compile time at most 4x the plain unroll's (issue 14); run ratio
 <= 9 for K = 9 and <= 49 for K = 32, memory at T = 10,000 within 10% of
@@ -50,6 +52,51 @@ def measure(steps: int, lr_intervals, repeats: int):
       t = common.best_time(fwd, repeats)
       row += [f'{t * 1e3:.0f}', f'{t / t_plain:.1f}']
     rows.append(row)
+  return rows
+
+
+def _flops(fn, *args) -> float:
+  """XLA's count of floating-point operations of ``jax.jit(fn)(*args)``."""
+  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  return float((cost[0] if isinstance(cost, list) else cost)['flops'])
+
+
+def flop_floor(steps: int, lr_intervals):
+  """Rows ``[K, begun, tangent / plain flops, floor ratio]``.
+
+  Exact forward mode pushes every begun tangent through the step's
+  linearisation each step: a Hessian-vector product's arithmetic, whatever
+  the implementation. XLA's flop count of one inner step with ``G``
+  tangents, less the plain step's, over ``G``, gives a tangent's cost in
+  plain steps; with ``begun`` tangents on average over the horizon, no exact
+  forward mode runs faster than ``1 + begun * that`` plain unrolls unless
+  it computes a tangent at a higher rate than the plain step.
+  """
+  # pylint: disable=g-import-not-at-top
+  from hypergrad._src import forward as forward_lib
+  from hypergrad._src import schedule
+  from hypergrad._src import tangents
+  from hypergrad._src import unroll
+  step_fn, _, state = common.mlp_problem()
+  split = unroll.split_state(state)
+  step, _ = tangents.step_pieces(step_fn, split)
+  t = jax.numpy.int32(1)
+  rows = []
+  for n in lr_intervals:
+    hp = common.fds_hparams(n)
+    h = schedule.hparams_at(hp, t, steps)
+    plain = _flops(lambda d, r, h=h: step(d, r, h, t), split.diff,
+                   split.rest)
+    g = 4
+    dh = jax.tree.map(lambda x: jax.numpy.zeros((g,) + x.shape, x.dtype), h)
+    pushed = _flops(
+        lambda d, r, z, h=h, dh=dh: tangents.push(step, d, r, h, t, z, dh),
+        split.diff, split.rest, tangents.zeros(g, split.diff))
+    per_tangent = (pushed - plain) / plain / g
+    begun = sum(steps - d.start for d in forward_lib.directions(hp, steps)
+                ) / steps
+    rows.append([n + 2, f'{begun:.1f}', f'{per_tangent:.2f}',
+                 f'{1 + begun * per_tangent:.1f}'])
   return rows
 
 
@@ -118,6 +165,9 @@ def main(argv):
   print(common.markdown_table(
       ['K', 'plain ms', 'forward ms', 'ratio', 'naive ms', 'naive ratio'],
       rows))
+  print(common.markdown_table(
+      ['K', 'begun tangents (mean)', 'tangent / plain step flops',
+       'exact forward floor (x plain)'], flop_floor(steps, ns)))
   mem = memory([int(s) for s in FLAGS.memory_steps])
   print(common.markdown_table(
       ['T', 'compiled bytes (forward, K=9)'],

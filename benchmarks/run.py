@@ -17,7 +17,8 @@ Sections (each composed from the benchmark that owns it):
    the float64 loss, on a small MLP; and how often the sign agrees (FDS's
    outer step uses only the sign).
 4. ``tasks``: plain-training steps per second of every task config and the
-   FDS forward ratio on MNIST-1D MLP and WRN-16-1 (``benchmarks.tasks``).
+   FDS forward ratio on the MNIST-1D and Fashion-MNIST MLPs and WRN-16-1
+   (``benchmarks.tasks``).
 
 Writes ``benchmarks/results/report.md`` and ``report_*.png``.
 """

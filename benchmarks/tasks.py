@@ -2,13 +2,14 @@ r"""Training speed of every task config, and the FDS hypergradient's cost.
 
 For each task: steps per second of plain training (the jitted ``lax.scan``
 unroll of the task's ``step_fn``, the task's batch size), the time of one
-training run at the task's default horizon, and, for MNIST-1D MLP and
-WRN-16-1, the forward-hypergradient ratio: time of ``forward_hypergrad`` /
+training run at the task's default horizon, and, for the MNIST-1D and
+Fashion-MNIST MLPs and WRN-16-1, the forward-hypergradient ratio: time of ``forward_hypergrad`` /
 time of the plain unroll of the same steps, in the FDS setting (7 lr
 intervals + momentum + weight decay: 9 values, 6 tangents on average).
 
 Embedded datasets are used as they are (``mnist1d_mlp``, ``digits_mlp``,
-``mnist1d_lenet``); ``fashion_mnist_lenet`` when its IDX files are present
+``mnist1d_large_mlp``, ``mnist1d_lenet``); ``fashion_mnist_mlp`` and
+``fashion_mnist_lenet`` when the IDX files are present
 (``/usr/share/datasets/fashion-mnist``); ``cifar10_wrn16_1`` on random data
 of CIFAR-10's shape when tfds's cifar10 is not prepared (the cost of a step
 does not depend on pixel values), for 7 steps only (the fewest that hold 7
@@ -49,9 +50,10 @@ from hypergrad.experiments import data as data_lib
 from hypergrad.experiments import models as models_lib
 from hypergrad.experiments import tasks as tasks_lib
 
-TASK_NAMES = ('mnist1d_mlp', 'digits_mlp', 'mnist1d_lenet',
-              'fashion_mnist_lenet', 'cifar10_wrn16_1')
-RATIO_TASKS = ('mnist1d_mlp', 'cifar10_wrn16_1')
+TASK_NAMES = ('mnist1d_mlp', 'digits_mlp', 'mnist1d_large_mlp',
+              'fashion_mnist_mlp', 'mnist1d_lenet', 'fashion_mnist_lenet',
+              'cifar10_wrn16_1')
+RATIO_TASKS = ('mnist1d_mlp', 'fashion_mnist_mlp', 'cifar10_wrn16_1')
 # Synthetic CIFAR-10 stand-in: enough examples for a few shuffled epochs.
 _SYNTHETIC_EXAMPLES = 2048
 
@@ -216,11 +218,11 @@ def notes(repeats: int) -> str:
           f'timed runs (WRN-16-1: one run). "forward / plain": time of '
           f'forward_hypergrad over the same steps with 7 lr intervals + '
           f'momentum + weight decay. "one run of T": a training run at '
-          f"the task's default horizon and batch size. The conv tasks are "
-          f'slow on CPU because XLA:CPU runs the weight-gradient convolution '
-          f'~20x slower inside the scan than outside it (jax-ml/jax#12868); '
-          f'WRN-16-1 is timed at the batch shown, on random data when '
-          f'cifar10 is not prepared.')
+          f"the task's default horizon and batch size. On CPU the conv "
+          f'tasks compute convolutions as image patches and a matmul '
+          f"(conv_impl='auto'): XLA:CPU's own convolution runs 10-40x "
+          f'slower inside a scan (jax-ml/jax#12868). WRN-16-1 is timed at '
+          f'the batch shown, on random data when cifar10 is not prepared.')
 
 
 def describe() -> str:
