@@ -133,3 +133,16 @@ def test_device_split_benchmark_runs_and_reports_speed_ups():
   assert len(rows) == 2, proc.stdout
   for row in rows:
     assert float(row.split('|')[-2]) > 0
+
+
+def test_forward_flop_floor_counts_a_tangent_as_a_hessian_vector_product():
+  from benchmarks import forward_cost  # pylint: disable=g-import-not-at-top
+  (row9, row32) = forward_cost.flop_floor(1000, [7, 30])
+  # 7 lr intervals begin evenly: 4 lr tangents + momentum + wd on average.
+  assert [row9[0], row9[1], row32[0], row32[1]] == [9, '6.0', 32, '17.5']
+  # A tangent of a tanh MLP step costs more than a plain step (the
+  # product rule doubles its matmuls, the input layer's excepted) and less
+  # than two.
+  per_tangent = float(row9[2])
+  assert 1.5 < per_tangent < 2.0 and row32[2] == row9[2]
+  assert float(row9[3]) == pytest.approx(1 + 6.0 * per_tangent, abs=0.06)
