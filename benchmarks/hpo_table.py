@@ -59,10 +59,11 @@ evaluates, at fractions of the budget, the schedule each method would have
 returned had it stopped there.
 
 The validation loss (cross-entropy) is every method's objective; the table
-reports test accuracy and test cross-entropy. Run time with the defaults on
-2 shared CPU cores: digits ~7 min, MNIST-1D ~27 min (a plain MNIST-1D run of
-T = 1000 steps takes 0.45 s; most of the wall time is compilation and the
-85-run budget of every method times 3 seeds).
+reports test accuracy and test cross-entropy. Run time with the defaults (5
+seeds) on 2 shared CPU cores: digits ~4 min, MNIST-1D ~26 min, Fashion-MNIST
+MLP ~87 min (a plain run of T = 1000 steps takes 0.18 s on MNIST-1D and
+0.83 s on Fashion-MNIST; the wall time is the ~100-150-run budget of every
+method times 5 seeds, then the retrains).
 
 Writes ``benchmarks/results/hpo_<task>{--tag}.{md,png,json}``.
 """

@@ -6,9 +6,14 @@ tensorflow-datasets data_dir.
 
     python -m launch.fds --config launch/configs/fashion_mnist_mlp.py --workdir workdir/fmnist_mlp
 
-Run time: ~5 min on 2 CPU cores (1,000-step horizon, batch 128). Expected: see
-``benchmarks/results/hpo_fashion_mnist_mlp.md``; the default schedule reaches
-about 86% test accuracy in 1,000 steps.
+Run time: ~2-3 min on 2 CPU cores (1,000-step horizon, batch 128, a forward
+hypergradient ~9 s). Search: the FDS paper's setting, every value from 0 with
+outer steps lr 0.1, momentum 0.1, wd 3e-4. Measured in
+``benchmarks/results/hpo_fashion_mnist_mlp.md`` (5 HPO seeds, paired with the
+default schedule on the same 3 retrain initialisations), this setting learns
+schedules reaching 87.42 +- 0.08% test accuracy against the default's
+84.99 +- 0.47% (gain +2.43 points, 95% CI [+1.71, +3.16]); starting from the
+default schedule with smaller steps gained only +1.00 [+0.22, +1.78].
 """
 
 try:
@@ -18,7 +23,4 @@ except ImportError:  # installed as hypergrad_launch
 
 
 def get_config():
-  c = base.get_base_config('fashion_mnist_mlp')
-  c.init.update({'lr': 0.1, 'momentum': 0.9, 'weight_decay': 5e-4})
-  c.step_sizes.update({'lr': 0.05, 'momentum': 0.02, 'weight_decay': 3e-4})
-  return c
+  return base.get_base_config('fashion_mnist_mlp')
