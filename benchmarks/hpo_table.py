@@ -60,7 +60,8 @@ returned had it stopped there.
 
 The validation loss (cross-entropy) is every method's objective; the table
 reports test accuracy and test cross-entropy. Run time with the defaults (5
-seeds) on 2 shared CPU cores: digits ~4 min, MNIST-1D ~26 min, Fashion-MNIST
+seeds) on 2 shared CPU cores: digits ~4 min, MNIST-1D ~26 min (the larger
+one too), Fashion-MNIST
 MLP ~87 min (a plain run of T = 1000 steps takes 0.18 s on MNIST-1D and
 0.83 s on Fashion-MNIST; the wall time is the ~100-150-run budget of every
 method times 5 seeds, then the retrains).

@@ -7,8 +7,11 @@ signals and the same 5% is 950. Everything else as ``mnist1d_mlp``.
     python -m launch.fds --config launch/configs/mnist1d_large_mlp.py \
         --workdir workdir/mnist1d_large
 
-Run time: ~2-3 min on 2 CPU cores (generation ~10 s). Expected: see
-``benchmarks/results/hpo_mnist1d_large_mlp.md``.
+Run time: ~2-3 min on 2 CPU cores (generation ~10 s). Expected, from
+``benchmarks/results/hpo_mnist1d_large_mlp.md`` (5 HPO seeds, paired with
+the default schedule on the same 3 retrain initialisations): learned
+schedules reach 83.11 +- 1.20% test accuracy against the default's
+78.03 +- 0.15% (gain +5.08 points, 95% CI [+3.22, +6.94]).
 """
 
 try:
