@@ -106,6 +106,12 @@ def compiled_memory(fn, *args) -> int:
              + stats.output_size_in_bytes - stats.alias_size_in_bytes)
 
 
+def compiled_flops(fn, *args) -> float:
+  """XLA's count of floating-point operations of one call."""
+  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  return float((cost[0] if isinstance(cost, list) else cost)['flops'])
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
   lines = ['| ' + ' | '.join(header) + ' |',
            '|' + '|'.join('---' for _ in header) + '|']

@@ -55,12 +55,6 @@ def measure(steps: int, lr_intervals, repeats: int):
   return rows
 
 
-def _flops(fn, *args) -> float:
-  """XLA's count of floating-point operations of ``jax.jit(fn)(*args)``."""
-  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
-  return float((cost[0] if isinstance(cost, list) else cost)['flops'])
-
-
 def flop_floor(steps: int, lr_intervals):
   """Rows ``[K, begun, tangent / plain flops, floor ratio]``.
 
@@ -85,11 +79,11 @@ def flop_floor(steps: int, lr_intervals):
   for n in lr_intervals:
     hp = common.fds_hparams(n)
     h = schedule.hparams_at(hp, t, steps)
-    plain = _flops(lambda d, r, h=h: step(d, r, h, t), split.diff,
+    plain = common.compiled_flops(lambda d, r, h=h: step(d, r, h, t), split.diff,
                    split.rest)
     g = 4
     dh = jax.tree.map(lambda x: jax.numpy.zeros((g,) + x.shape, x.dtype), h)
-    pushed = _flops(
+    pushed = common.compiled_flops(
         lambda d, r, z, h=h, dh=dh: tangents.push(step, d, r, h, t, z, dh),
         split.diff, split.rest, tangents.zeros(g, split.diff))
     per_tangent = (pushed - plain) / plain / g

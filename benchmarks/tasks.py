@@ -3,9 +3,10 @@ r"""Training speed of every task config, and the FDS hypergradient's cost.
 For each task: steps per second of plain training (the jitted ``lax.scan``
 unroll of the task's ``step_fn``, the task's batch size), the time of one
 training run at the task's default horizon, and, for the MNIST-1D and
-Fashion-MNIST MLPs and WRN-16-1, the forward-hypergradient ratio: time of ``forward_hypergrad`` /
-time of the plain unroll of the same steps, in the FDS setting (7 lr
-intervals + momentum + weight decay: 9 values, 6 tangents on average).
+Fashion-MNIST MLPs and WRN-16-1, the forward-hypergradient ratio: time of
+``forward_hypergrad`` / time of the plain unroll of the same steps, in the
+FDS setting (7 lr intervals + momentum + weight decay: 9 values, 6 tangents
+on average).
 
 Embedded datasets are used as they are (``mnist1d_mlp``, ``digits_mlp``,
 ``mnist1d_large_mlp``, ``mnist1d_lenet``); ``fashion_mnist_mlp`` and

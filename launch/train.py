@@ -185,17 +185,17 @@ def validate_config(config) -> list[str]:
     tasks_lib.check_mesh(mesh, batch)
     dist_lib.check_mesh(mesh)
     fds_lib.estimator_from_config(config, mesh)
-    members = tasks_lib.mesh_size(mesh, 'member')
-    if population % members:
-      raise ValueError(f'population={population} must be a multiple of the '
-                       f'{members} devices of the member axis.')
+    fds_lib.member_mesh(mesh, population)
   except ValueError as e:
     raise ConfigError(f'mesh={config.get("mesh", "")!r}: {e}') from None
   return kinds
 
 
-def _hypergrad_fn(config, task):
-  """FDS's ``hypergrad_fn`` with a progress bar; records val accuracy."""
+def _hypergrad_fn(config, task, mesh=None):
+  """FDS's ``hypergrad_fn`` with a progress bar; records val accuracy.
+
+  ``mesh``: the run's mesh (tangent or member splits), or None.
+  """
   progress_every = config.progress_every or max(config.horizon // 10, 1)
   bar = {'bar': None}
 
@@ -214,7 +214,6 @@ def _hypergrad_fn(config, task):
         task.evaluate(final_state, 'val', split)['accuracy']
         if nonfinite_step < 0 else float('nan'))
 
-  mesh = tasks_lib.make_mesh(config.get('mesh', ''))
   inner = fds_lib.make_hypergrad_fn(
       task, fds_lib.estimator_from_config(config, mesh), config.horizon,
       seed=config.seed, redraw_val=config.redraw_val,
@@ -362,16 +361,15 @@ class RetrainDivergedError(RuntimeError):
 def _run(config, kinds, config_json, workdir, resume):
   start = time.time()
   overrides = {'batch_size': config.batch_size} if config.batch_size else {}
+  mesh = tasks_lib.make_mesh(config.get('mesh', ''))
   task = tasks_lib.make_task(config.task, data_dir=config.data_dir or None,
                              seed=config.seed,
                              val_fraction=config.val_fraction,
-                             mesh=tasks_lib.data_mesh(
-                                 tasks_lib.make_mesh(config.get('mesh', ''))),
-                             **overrides)
+                             mesh=tasks_lib.data_mesh(mesh), **overrides)
   hparams0 = fds_lib.initial_hparams(
       task, {k: config.init[k] for k in kinds}, config.intervals)
   opt = hypergrad.sign_descent({k: config.step_sizes[k] for k in kinds})
-  fn, extra = _hypergrad_fn(config, task)
+  fn, extra = _hypergrad_fn(config, task, mesh)
 
   checkpointer = ckpt_lib.OuterCheckpointer(os.path.join(workdir,
                                                          'checkpoints'))

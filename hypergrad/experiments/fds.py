@@ -84,6 +84,20 @@ def initial_hparams(task: tasks_lib.Task, init: Mapping[str, float],
           for k, v in init.items()}
 
 
+def member_mesh(mesh: jax.sharding.Mesh | None,
+                population: int) -> jax.sharding.Mesh | None:
+  """``mesh`` when it splits a population's members, else None.
+
+  Raises:
+    ValueError: ``population`` not a multiple of the ``member`` axis size.
+  """
+  members = tasks_lib.mesh_size(mesh, 'member')
+  if population % members:
+    raise ValueError(f'population={population} must be a multiple of the '
+                     f'{members} devices of the mesh\'s member axis.')
+  return mesh if members > 1 else None
+
+
 def make_hypergrad_fn(
     task: tasks_lib.Task, estimator: hypergrad.Estimator, horizon: int, *,
     seed: int, redraw_val: bool = True, fresh_init: bool = True,
@@ -128,11 +142,7 @@ def make_hypergrad_fn(
                     f'{estimator!r}.')
 
   population = validation.check_int(population, 'population')
-  members = tasks_lib.mesh_size(mesh, 'member')
-  if population % members:
-    raise ValueError(f'population={population} must be a multiple of the '
-                     f'{members} devices of the mesh\'s member axis.')
-  member_mesh = mesh if members > 1 else None
+  members = member_mesh(mesh, population)
 
   def fn(hparams, outer_step: int):
     s = outer_seed(seed, outer_step)
@@ -148,7 +158,7 @@ def make_hypergrad_fn(
           [task.step_fn(x) for x in splits], [task.loss_fn(x) for x in splits],
           jax.tree.map(lambda *xs: jax.numpy.stack(xs), *states), hparams,
           horizon, estimator=estimator, aggregate=aggregate,
-          min_agreement=min_agreement, mesh=member_mesh)
+          min_agreement=min_agreement, mesh=members)
     if on_result is not None:
       on_result(result, splits[0])
     return result
