@@ -34,6 +34,12 @@ their own train/validation split (``task.split(seed)``).
       for mean / median / trimmed mean and of the mean of the signs for the
       sign vote;
     * ``agree | signal``: among those, share where B's sign matches.
+    * ``agree | pool signal`` (rows without the rule): among the values
+      whose median over the *whole* pool is at least 2 standard errors from
+      0 (the values with a real signal, judged by every member), share
+      where A's and B's aggregates have the same sign. Unlike ``signal``
+      it needs no spread within A, so it covers S = 1 too: two single runs,
+      the main job's size.
 
     S = 1 (no aggregate) is the single-hypergradient baseline.
 
@@ -210,9 +216,16 @@ def _agree(x, y):
   return np.where(y == 0, 0.5, (np.sign(x) == np.sign(y)).astype(float))
 
 
+def pool_signal(pool) -> np.ndarray:
+  """``(K,)`` bool: the pool's median is at least 2 standard errors from 0."""
+  med, se = _aggregate(pool[:, None, :], 'median', None)
+  return np.abs(med[0]) / se[0] >= 2
+
+
 def reproducibility(pool, sizes, draws, min_agreements, rng):
   """Rows of the reproducibility table for one schedule's member pool."""
   num, _ = pool.shape
+  real = pool_signal(pool)
   rows = []
   for s in sizes:
     if 2 * s > num:
@@ -248,6 +261,9 @@ def reproducibility(pool, sizes, draws, min_agreements, rng):
         signal_cols = ['-', '-'] if s == 1 or rule is not None else [
             f'{100 * signal.mean():.0f}',
             pct(_agree(raw_x, raw_y), signal)]
+        real_x = np.broadcast_to(real, raw_x.shape)
+        signal_cols.append('-' if rule is not None
+                           else pct(_agree(raw_x, raw_y), real_x))
         rows.append([s, name, '-' if rule is None else rule,
                      f'{100 * decided.mean():.0f}', pct(agree, decided),
                      f'{100 * against.mean():.0f}',
@@ -272,6 +288,7 @@ def main(argv):
       f'has its own initialisation, batch order and train/validation split '
       f'(`task.init_state(seed)`, `task.split(seed)`).\n\n'
       f'Produced by `python -m benchmarks.population_signal '
+      f'--task {_TASK.value} --schedules {",".join(_SCHEDULES.value)} '
       f'--steps {steps} --pool {_POOL.value} --draws {_DRAWS.value} '
       f'--sizes {",".join(_SIZES.value)} '
       f'--time_sizes {",".join(_TIME_SIZES.value)} '
@@ -310,9 +327,10 @@ def main(argv):
     med = np.median(pool, axis=0)
     agreement = np.abs(np.sign(pool).mean(axis=0))
     keys = [f'{k}[{i}]' for k, v in hparams.items() for i in range(v.size)]
+    real = pool_signal(pool)
     pool_rows = [[k, f'{m:+.3g}', f'{np.mean(pool[:, j]):+.3g}',
                   f'{np.std(pool[:, j], ddof=1) / np.sqrt(len(pool)):.3g}',
-                  f'{a:.2f}']
+                  f'{a:.2f}', 'yes' if real[j] else 'no']
                  for j, (k, m, a) in enumerate(zip(keys, med, agreement))]
     values = ', '.join(f'{k} {v}' for k, v in SCHEDULES[name].items())
     sections.append(
@@ -324,11 +342,13 @@ def main(argv):
         + common.markdown_table(
             ['S', 'aggregate', 'min_agreement', 'decided %',
              'agree / decided %', 'moves against %',
-             'agree with rest / decided %', 'signal %', 'agree / signal %'],
+             'agree with rest / decided %', 'signal %', 'agree / signal %',
+             'agree / pool signal %'],
             rows)
         + f'\n\nThe pool itself (all {len(pool)} members):\n\n'
         + common.markdown_table(
-            ['value', 'median', 'mean', 'std. error', 'sign agreement'],
+            ['value', 'median', 'mean', 'std. error', 'sign agreement',
+             'pool signal'],
             pool_rows) + '\n')
     record['schedules'][name] = {'hparams': SCHEDULES[name],
                                  'member_hypergrads': pool.tolist(),

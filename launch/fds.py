@@ -1,6 +1,6 @@
 r"""FDS hyperparameter optimisation from the command line.
 
-    python -m launch.fds                                   # MNIST-1D MLP, ~2 min on 2 CPU cores
+    python -m launch.fds                                   # larger MNIST-1D MLP, ~1 min on 2 CPU cores
     python -m launch.fds --config launch/configs/digits_mlp.py --config.outer_steps=5
     python -m launch.fds --config launch/configs/cifar10_wrn16_1.py \
         --config.data_dir=~/tensorflow_datasets
@@ -8,7 +8,7 @@ r"""FDS hyperparameter optimisation from the command line.
 
 ``--config FILE`` names a task's config (``launch/configs/<task>.py``; its
 docstring gives the command, run time and expected result; default:
-MNIST-1D), and ``--config.<field>=value`` overrides any of its fields (see
+``mnist1d_large_mlp.py``, MNIST-1D generated larger), and ``--config.<field>=value`` overrides any of its fields (see
 ``launch/train.py``). A pip install runs the same script as ``hypergrad-fds``
 and takes ``--config`` paths of the installed package's configs
 (``hypergrad-fds --config=$(python -m hypergrad_launch.configs digits_mlp)``).
@@ -52,8 +52,9 @@ _CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            'configs')
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(_CONFIG_DIR, 'mnist1d_mlp.py'),
-    'Config file, e.g. launch/configs/digits_mlp.py (default: MNIST-1D).',
+    'config', os.path.join(_CONFIG_DIR, 'mnist1d_large_mlp.py'),
+    'Config file, e.g. launch/configs/digits_mlp.py (default: MNIST-1D '
+    'generated larger).',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Output folder (default: workdir/<task>-<date-time>, new '

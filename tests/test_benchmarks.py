@@ -146,3 +146,28 @@ def test_forward_flop_floor_counts_a_tangent_as_a_hessian_vector_product():
   per_tangent = float(row9[2])
   assert 1.5 < per_tangent < 2.0 and row32[2] == row9[2]
   assert float(row9[3]) == pytest.approx(1 + 6.0 * per_tangent, abs=0.06)
+
+
+def test_pool_signal_column_counts_only_values_with_a_real_signal():
+  # A subprocess: population_signal and hpo_table both define --task.
+  script = """
+import numpy as np
+from benchmarks import population_signal as ps
+rng = np.random.RandomState(0)
+# Value 0: a clear positive signal; values 1, 2: noise with median 0.
+noise = rng.randn(40, 2)
+pool = np.concatenate([3.0 + 0.5 * rng.randn(40, 1),
+                       noise - np.median(noise, 0)], 1)
+assert ps.pool_signal(pool).tolist() == [True, False, False]
+rows = ps.reproducibility(pool, [1, 4], 50, [0.5], rng)
+single = next(r for r in rows if r[0] == 1)
+# Two single runs agree on value 0 every time, whatever the noise does.
+assert single[-1] == '100', single
+rule_rows = [r for r in rows if r[2] != '-']
+assert rule_rows and all(r[-1] == '-' for r in rule_rows), rule_rows
+print('ok')
+"""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, '-c', script], cwd=root,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and 'ok' in proc.stdout, proc.stderr[-2000:]
