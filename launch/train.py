@@ -12,8 +12,9 @@ only parses flags. Config fields (see ``launch/configs/base.py``):
 * ``outer_steps``, ``tol``: the sign-based outer loop's bound and tolerance;
   ``divergence_factor``: a validation loss above this multiple of the first
   one counts as diverged (0: only NaN/Inf).
-* ``estimator``: ``forward`` (FDS) or ``reverse``; ``chunk_size``,
-  ``checkpoint_every``: their memory knobs.
+* ``estimator``: ``forward`` (FDS), ``reverse`` or ``auto`` (the faster of
+  the two within the device's memory, ``hypergrad.auto``: the same
+  hypergradient); ``chunk_size``, ``checkpoint_every``: their memory knobs.
 * ``population``: inner runs per outer step (``S``; each its own validation
   split and initialisation, one vmapped program); ``aggregate``
   (``mean``/``median``/``trimmed_mean``/``sign_vote``) combines their

@@ -194,3 +194,28 @@ def test_collapse_to_chance_reports_the_initial_schedule(tmp_path):
   np.testing.assert_allclose(summary['learned_schedule']['lr'], [0.05, 0.05])
   assert summary['rejected_outer_steps'] >= 1
   assert summary['test_accuracy'] > 0.5
+
+
+def test_population_with_auto_estimator_equals_forward(tmp_path):
+  # The main job's kind of run: a population, median, undecided values
+  # left in place, hypergradients by whichever estimator `auto` picks. It
+  # must learn what forward mode learns, and record the sign agreement.
+  kw = dict(population=3, aggregate='median', min_agreement=0.5,
+            outer_steps=2, retrain_inits=1)
+  auto = train.train_and_evaluate(_tiny_config(estimator='auto', **kw),
+                                  str(tmp_path / 'auto'))
+  fwd = train.train_and_evaluate(_tiny_config(estimator='forward', **kw),
+                                 str(tmp_path / 'forward'))
+  for k in fwd['learned_schedule']:
+    np.testing.assert_allclose(auto['learned_schedule'][k],
+                               fwd['learned_schedule'][k], rtol=1e-5)
+  assert auto['learned_schedule_val_loss'] == pytest.approx(
+      fwd['learned_schedule_val_loss'], rel=1e-4)
+  assert auto['population'] == 3 and auto['estimator'] == 'auto'
+  with open(tmp_path / 'auto' / 'metrics.csv') as f:
+    rows = list(csv.DictReader(f))
+  agreement = json.loads(rows[0]['sign_agreement'])
+  assert set(agreement) == {'lr', 'momentum', 'weight_decay'}
+  values = np.concatenate([np.ravel(v) for v in agreement.values()])
+  assert np.all((values >= 0) & (values <= 1))
+  assert os.path.getsize(tmp_path / 'auto' / 'sign_agreement.png') > 0

@@ -6,13 +6,14 @@ re-initialised, so the schedule is not fitted to one split or one
 initialisation. :func:`make_hypergrad_fn` builds that ``hypergrad_fn(hparams,
 outer_step)`` for :func:`hypergrad.fds_search` from a task and an estimator
 value; :func:`estimator_from_config` is the one place where a command-line
-name (``forward``/``reverse``) becomes an estimator value.
+name (``forward``/``reverse``/``auto``) becomes an estimator value.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+from absl import logging
 import jax
 
 import hypergrad
@@ -23,7 +24,7 @@ from hypergrad.experiments import tasks as tasks_lib
 # Outer-step seeds: distinct per run seed and outer step, reproducible.
 SEED_STRIDE = 1000
 
-ESTIMATOR_NAMES = ('forward', 'reverse')
+ESTIMATOR_NAMES = ('forward', 'reverse', 'auto')
 
 
 def outer_seed(seed: int, outer_step: int) -> int:
@@ -50,7 +51,9 @@ def first_member(result) -> tuple[Any, int]:
 def estimator_from_config(config, mesh=None) -> hypergrad.Estimator:
   """The estimator value named by a launch config.
 
-  Fields: ``estimator`` (``'forward'`` or ``'reverse'``), ``chunk_size``
+  Fields: ``estimator`` (``'forward'``, ``'reverse'`` or ``'auto'``: the
+  faster of forward and checkpointed reverse mode within the device's memory,
+  :func:`hypergrad.auto`; the same hypergradient either way), ``chunk_size``
   (forward; 0: all tangents at once), ``checkpoint_every`` (reverse; 0: no
   rematerialisation).
 
@@ -69,10 +72,13 @@ def estimator_from_config(config, mesh=None) -> hypergrad.Estimator:
     return hypergrad.forward(config.chunk_size or None)
   if split:
     raise ValueError(f'a tangent mesh axis splits forward mode\'s tangents; '
-                     f'estimator={config.estimator!r} has none (drop '
-                     f'tangent= from the mesh).')
+                     f'estimator={config.estimator!r} is not forward mode '
+                     f'(set estimator=forward, or drop tangent= from the '
+                     f'mesh).')
   if config.estimator == 'reverse':
     return hypergrad.reverse(config.checkpoint_every or None)
+  if config.estimator == 'auto':
+    return hypergrad.auto()
   raise ValueError(f'unknown estimator {config.estimator!r}; known: '
                    f'{", ".join(ESTIMATOR_NAMES)}.')
 
@@ -144,12 +150,21 @@ def make_hypergrad_fn(
   population = validation.check_int(population, 'population')
   members = member_mesh(mesh, population)
 
+  told = []
+
   def fn(hparams, outer_step: int):
     s = outer_seed(seed, outer_step)
     seeds = [member_seed(s, i) for i in range(population)]
     splits = [task.split(x) if redraw_val else task.default_split()
               for x in seeds]
     states = [task.init_state(x if fresh_init else seed) for x in seeds]
+    if isinstance(estimator, hypergrad.Auto) and not told:
+      # Say once which estimator runs, and why (shapes decide: it is the
+      # same for every outer step and member).
+      told.append(estimator.choose(task.step_fn(splits[0]),
+                                   task.loss_fn(splits[0]), states[0],
+                                   hparams, horizon))
+      logging.info('hypergrad.auto: %s', told[0].reason)
     if population == 1:
       result = estimator(task.step_fn(splits[0]), task.loss_fn(splits[0]),
                          states[0], hparams, horizon, progress=progress)

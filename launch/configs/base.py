@@ -31,7 +31,7 @@ def get_base_config(task: str) -> ml_collections.ConfigDict:
   # An outer step whose validation loss exceeds this multiple of the initial
   # one is rejected as diverged, even if finite; 0 = only NaN/Inf.
   c.divergence_factor = 10.0
-  c.estimator = 'forward'       # forward | reverse
+  c.estimator = 'forward'       # forward | reverse | auto
   c.population = 1              # inner runs per outer step (vmapped)
   c.aggregate = 'median'        # mean | median | trimmed_mean | sign_vote
   c.min_agreement = 0.0         # sign agreement below it: no move; 0 = off
