@@ -20,7 +20,11 @@ Methods (all learn lr, momentum and weight decay of SGD with momentum):
   0.1, 0.1, 3e-4).
 * ``fds_pop``: FDS-population, the same loop where each outer step's
   hypergradient is the median of ``POPULATION`` (4) inner runs, each with its
-  own initialisation and validation split; charged its measured cost.
+  own initialisation and validation split, a value whose members split 2-2
+  in sign left in place (``min_agreement`` 0.5), the hypergradients computed
+  by ``hypergrad.auto()`` (the same numbers as forward mode, by whichever of
+  forward and checkpointed reverse mode is faster: on CPU reverse); charged
+  its measured cost.
 * ``fds_zero``: the task's launch config with the FDS paper's initial
   values and outer steps from ``launch/configs/base.py`` (init 0, steps lr
   0.1, momentum 0.1, wd 3e-4), whatever the task's config says.
@@ -76,6 +80,7 @@ import importlib
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -103,10 +108,14 @@ OUTER = ('fds', 'fds_pop', 'fds_zero', 'reverse')
 # FDS-population: each outer step aggregates this many inner runs (own
 # initialisation and validation split) by the median, the aggregate whose
 # sign two populations agree on most often
-# (benchmarks/results/population_signal.md). It is charged its measured cost:
-# about POPULATION FDS hypergradients per outer step.
+# (benchmarks/results/population_signal*.md), and leaves a value whose
+# members split evenly in sign in place: the main job's settings
+# (launch/configs/mnist1d_large_mlp.py). Its hypergradients come from
+# hypergrad.auto(), the faster exact estimator on this machine (the same
+# numbers as forward mode); it is charged that measured cost.
 POPULATION = 4
 POPULATION_AGGREGATE = 'median'
+POPULATION_MIN_AGREEMENT = 0.5
 METHODS = ('default',) + OUTER + GREEDY + BLACKBOX
 # The bounds of the automatic greedy meta-step grid (total drift of lr over
 # the run, see greedy_method).
@@ -191,6 +200,11 @@ _OUT_DIR = flags.DEFINE_string(
     'out_dir', os.path.join(os.path.dirname(__file__), 'results'),
     'Output folder.')
 _TAG = flags.DEFINE_string('tag', '', 'Suffix of the output file names.')
+_MERGE = flags.DEFINE_bool(
+    'merge', False, 'Run only --methods and put their rows into the '
+    'existing table of the task (its budget, seeds and retrain '
+    'initialisations; the default schedule must retrain to the same '
+    'accuracies), keeping its other rows.')
 
 
 # ---------------------------------------------------------------------------
@@ -261,17 +275,17 @@ def measure_costs(task, horizon: int, config, methods, repeats: int,
   # An FDS outer step is charged what the search's own per-outer-step
   # function costs (new split and initialisation included), for one inner
   # run and for a population alike.
-  def outer_step_fn(population):
+  def outer_step_fn(estimator, population):
     fn = fds_lib.make_hypergrad_fn(
-        task, hypergrad.forward(), horizon, seed=0,
+        task, estimator, horizon, seed=0,
         redraw_val=config.redraw_val, fresh_init=config.fresh_init,
-        population=population, aggregate=POPULATION_AGGREGATE)
+        **population_options(population))
     return lambda: fn(fds_h, 0)
 
   if 'fds' in methods or 'fds_zero' in methods:
-    calls['fds'] = outer_step_fn(1)
+    calls['fds'] = outer_step_fn(hypergrad.forward(), 1)
   if 'fds_pop' in methods:
-    calls['fds_pop'] = outer_step_fn(POPULATION)
+    calls['fds_pop'] = outer_step_fn(hypergrad.auto(), POPULATION)
   if 'reverse' in methods:
     calls['reverse'] = lambda: hypergrad.reverse(reverse_ckpt)(
         step_fn, loss_fn, state, fds_h, horizon)
@@ -297,6 +311,13 @@ def measure_costs(task, horizon: int, config, methods, repeats: int,
 # (inner-step equivalents spent, schedule it would return now).
 
 
+def population_options(population: int) -> dict:
+  """``make_hypergrad_fn``'s population keywords for ``population`` runs."""
+  return {'population': population, 'aggregate': POPULATION_AGGREGATE,
+          'min_agreement': (POPULATION_MIN_AGREEMENT if population > 1
+                            else None)}
+
+
 def run_outer(task, config, horizon, budget, cost, estimator, seed, init,
               population=1):
   """FDS's outer loop with any estimator value's hypergradients."""
@@ -307,8 +328,7 @@ def run_outer(task, config, horizon, budget, cost, estimator, seed, init,
   fn = fds_lib.make_hypergrad_fn(task, estimator, horizon, seed=seed,
                                  redraw_val=config.redraw_val,
                                  fresh_init=config.fresh_init,
-                                 population=population,
-                                 aggregate=POPULATION_AGGREGATE)
+                                 **population_options(population))
   opt = hypergrad.sign_descent({k: config.step_sizes[k] for k in KINDS})
   checkpoints = [(0.0, hparams0)]
   records = []
@@ -500,6 +520,7 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
         checkpoints, info = run_outer(
             task, paper_config(config) if zero else config, horizon, budget,
             cost[m], (hypergrad.reverse(reverse_ckpt) if m == 'reverse'
+                      else hypergrad.auto() if m == 'fds_pop'
                       else hypergrad.forward()), seed,
             'config' if zero else fds_init,
             POPULATION if m == 'fds_pop' else 1)
@@ -572,6 +593,68 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
   return results
 
 
+def merge_results(old: dict, new: dict, command: str) -> dict:
+  """``old``'s table with ``new``'s rows put in (same seeds, same budget).
+
+  Refused unless both ran the same task, horizon, budget, HPO seeds and
+  retrain initialisations, and the default schedule retrained to the same
+  test accuracies in both (so every gain stays paired).
+  """
+  for key in ('task', 'horizon', 'budget', 'seeds', 'eval_seeds'):
+    if old[key] != new[key]:
+      raise ValueError(f'cannot merge: {key} is {new[key]!r} here and '
+                       f'{old[key]!r} in the existing table.')
+  if 'default' in new['methods']:
+    was = [r['test_accuracy'] for r in old['methods']['default']]
+    now = [r['test_accuracy'] for r in new['methods']['default']]
+    if not np.allclose(was, now, rtol=0, atol=1e-6):
+      raise ValueError(f'cannot merge: the default schedule retrained to '
+                       f'{now} here and {was} in the existing table; the '
+                       f'gains would not be paired.')
+  out = dict(old)
+  methods = dict(old['methods'])
+  methods.update(new['methods'])
+  out['methods'] = {m: methods[m] for m in METHODS if m in methods}
+  out['ratios'] = {**old['ratios'], **{k: v for k, v in new['ratios'].items()
+                                       if k != 'plain_seconds'}}
+  out['merged'] = list(old.get('merged', [])) + [{
+      'command': command, 'methods': sorted(new['methods']),
+      'total_seconds': new['total_seconds'],
+      'plain_seconds': new['ratios']['plain_seconds']}]
+  return out
+
+
+def paired_differences(results, leaders=('fds_pop', 'fds', 'fds_zero')
+                       ) -> str:
+  """Markdown: each leader's paired gain over every other method.
+
+  Within an HPO seed every method is retrained from the same
+  initialisations, so ``gain_a - gain_b`` is paired; the interval is the
+  95% Student-t interval of its mean over seeds (above 0: ``a`` beats ``b``
+  beyond seed luck).
+  """
+  methods = results['methods']
+  leaders = [a for a in leaders if a in methods]
+  rows = []
+  for b in methods:
+    if b == 'default':
+      continue
+    row = [LABELS[b]]
+    for a in leaders:
+      if a == b:
+        row.append('-')
+        continue
+      diff = [ra['paired_gain'] - rb['paired_gain']
+              for ra, rb in zip(methods[a], methods[b])]
+      mean, half = confidence_interval(diff)
+      row.append(f'{100 * mean:+.2f} [{100 * (mean - half):+.2f}, '
+                 f'{100 * (mean + half):+.2f}]')
+    rows.append(row)
+  return common.markdown_table(
+      ['method b'] + [f'{LABELS[a]} minus b, points [95% CI]'
+                      for a in leaders], rows)
+
+
 def _jsonable(tree):
   return jax.tree.map(
       lambda x: float(x) if isinstance(x, (float, np.floating)) else x, tree)
@@ -584,7 +667,8 @@ def _mean_std(values):
 
 LABELS = {'default': 'default schedule', 'fds': 'FDS (forward, non-greedy)',
           'fds_pop': f'FDS-population (S={POPULATION}, '
-                     f'{POPULATION_AGGREGATE})',
+                     f'{POPULATION_AGGREGATE}, undecided < '
+                     f'{POPULATION_MIN_AGREEMENT} left in place)',
           'fds_zero': 'FDS, paper setting (init 0, steps 0.1)',
           'reverse': 'reverse-mode non-greedy', 'hd': 'HD (greedy)',
           'rtho': 'RTHO (greedy)', 'truncated': 'truncated greedy',
@@ -699,7 +783,12 @@ def write(results, out_dir, command, tag=''):
       f"outer step sizes {r['fds_step_sizes']}; "
       f"reverse checkpointing: {r['reverse_checkpoint_every']}. Search wall "
       f"time includes compilation on the first seed.\n\n"
-      f"{table(r)}\n\n![accuracy vs budget]({os.path.basename(base)}.png)\n")
+      f"{table(r)}\n\n"
+      f"Paired method against method (the same HPO seeds and retrain "
+      f"initialisations; an interval above 0: the first method wins beyond "
+      f"seed luck):\n\n{paired_differences(r)}\n\n"
+      f"{_merged_note(r)}"
+      f"![accuracy vs budget]({os.path.basename(base)}.png)\n")
   with open(base + '.md', 'w') as f:
     f.write(text)
   with open(base + '.json', 'w') as f:
@@ -708,13 +797,47 @@ def write(results, out_dir, command, tag=''):
   return base
 
 
+def _produced_by(json_path: str) -> str | None:
+  """The command in the ``Produced by`` line of a table's markdown."""
+  try:
+    with open(json_path[:-len('.json')] + '.md') as f:
+      text = f.read()
+  except OSError:
+    return None
+  match = re.search(r'Produced by `([^`]*)`', text)
+  return match.group(1) if match else None
+
+
+def _merged_note(r) -> str:
+  if not r.get('merged'):
+    return ''
+  lines = [f"* `{m['command']}` ({', '.join(m['methods'])}; "
+           f"{m['total_seconds'] / 60:.1f} min, plain T steps = "
+           f"{m['plain_seconds']:.2f} s)" for m in r['merged']]
+  return ('Rows replaced later, at the same budget, seeds and retrain '
+          'initialisations (the default schedule retrained to the same '
+          'accuracies):\n\n' + '\n'.join(lines) + '\n\n')
+
+
 def main(argv):
   del argv
   common.enable_compilation_cache()
+  old = None
+  budget = _BUDGET.value
+  if _MERGE.value:
+    path = os.path.join(_OUT_DIR.value, f'hpo_{_TASK.value}{_TAG.value}.json')
+    if not os.path.exists(path):
+      raise app.UsageError(f'--merge: no table to merge into at {path}.')
+    with open(path) as f:
+      old = json.load(f)
+    budget = budget or old['budget']
+  methods = _METHODS.value
+  if old is not None and 'default' not in methods:
+    methods = ['default'] + list(methods)  # to check the pairing
   results = run_table(
-      _TASK.value, horizon=_HORIZON.value, budget=_BUDGET.value,
+      _TASK.value, horizon=_HORIZON.value, budget=budget,
       fds_outer_steps=_FDS_STEPS.value, seeds=_SEEDS.value,
-      methods=_METHODS.value, eval_points=_EVAL_POINTS.value,
+      methods=methods, eval_points=_EVAL_POINTS.value,
       eval_seeds=_EVAL_SEEDS.value, eval_batch=_EVAL_BATCH.value,
       blackbox_lr_intervals=_BB_LR_INTERVALS.value,
       hyperband_reports=_HB_REPORTS.value,
@@ -724,8 +847,13 @@ def main(argv):
                           for kv in _FDS_STEP_SIZES.value.split(',') if kv),
       reverse_checkpoint_every=_REVERSE_CKPT.value, repeats=_REPEATS.value,
       data_dir=_DATA_DIR.value, log=lambda s: print(s, flush=True))
-  command = 'python -m benchmarks.hpo_table ' + ' '.join(sys.argv[1:])
-  base = write(results, _OUT_DIR.value, command.strip(), _TAG.value)
+  command = ('python -m benchmarks.hpo_table ' + ' '.join(sys.argv[1:])
+             ).strip()
+  if old is not None:
+    results = merge_results(old, results, command)
+    command = old.get('command') or _produced_by(path) or command
+  results['command'] = command
+  base = write(results, _OUT_DIR.value, command, _TAG.value)
   print(table(results))
   print(f'wrote {base}.md, .png and .json')
 

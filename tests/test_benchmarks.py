@@ -171,3 +171,43 @@ print('ok')
   proc = subprocess.run([sys.executable, '-c', script], cwd=root,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0 and 'ok' in proc.stdout, proc.stderr[-2000:]
+
+
+def test_paired_differences_are_differences_of_paired_gains(tiny_table):
+  results, base = tiny_table
+  text = hpo_table.paired_differences(results)
+  assert 'minus b' in text and 'Paired method against method' in open(
+      base + '.md').read()
+  # A made-up table of two seeds: a - b = 1 and 3 points, mean 2.
+  fake = {'methods': {
+      'default': [{'paired_gain': 0.0}] * 2,
+      'fds_pop': [{'paired_gain': 0.05}, {'paired_gain': 0.04}],
+      'rtho': [{'paired_gain': 0.04}, {'paired_gain': 0.01}]}}
+  mean, half = hpo_table.confidence_interval([0.01, 0.03])
+  rtho_row = [l for l in hpo_table.paired_differences(fake).splitlines()
+              if l.startswith('| RTHO')]
+  assert rtho_row == [f'| RTHO (greedy) | {100 * mean:+.2f} '
+                      f'[{100 * (mean - half):+.2f}, '
+                      f'{100 * (mean + half):+.2f}] |']
+
+
+def test_merge_keeps_old_rows_and_refuses_unpaired_tables(tiny_table):
+  results, _ = tiny_table
+  new = {**results, 'total_seconds': 1.0,
+         'methods': {'default': results['methods']['default'],
+                     'fds_pop': [dict(results['methods']['fds_pop'][0],
+                                      paired_gain=0.5)]},
+         'ratios': {'plain_seconds': 0.1, 'fds_pop': 9.0}}
+  merged = hpo_table.merge_results(results, new, 'cmd --merge')
+  assert list(merged['methods']) == list(results['methods'])
+  assert merged['methods']['fds_pop'][0]['paired_gain'] == 0.5
+  assert merged['methods']['rtho'] == results['methods']['rtho']
+  assert merged['ratios']['fds_pop'] == 9.0
+  assert merged['ratios']['fds'] == results['ratios']['fds']
+  assert merged['merged'][0]['command'] == 'cmd --merge'
+  with pytest.raises(ValueError, match='budget'):
+    hpo_table.merge_results(results, {**new, 'budget': 1}, 'cmd')
+  moved = [dict(results['methods']['default'][0], test_accuracy=0.123)]
+  with pytest.raises(ValueError, match='not be paired'):
+    hpo_table.merge_results(
+        results, {**new, 'methods': {'default': moved}}, 'cmd')
