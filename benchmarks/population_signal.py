@@ -38,8 +38,11 @@ their own train/validation split (``task.split(seed)``).
       whose median over the *whole* pool is at least 2 standard errors from
       0 (the values with a real signal, judged by every member), share
       where A's and B's aggregates have the same sign. Unlike ``signal``
-      it needs no spread within A, so it covers S = 1 too: two single runs,
-      the main job's size.
+      it needs no spread within A, so it covers S = 1 too.
+    * ``in place | no pool signal`` and ``in place | pool signal`` (rows
+      with the rule): share of the values without / with a pool signal that
+      the rule leaves in place (undecided): the first should be high, the
+      second low.
 
     S = 1 (no aggregate) is the single-hypergradient baseline.
 
@@ -92,6 +95,9 @@ _MIN_AGREEMENTS = flags.DEFINE_list('min_agreements', ['0.5', '0.75'],
 _SCHEDULES = flags.DEFINE_list('schedules', ['default', 'small_lr'],
                                'Schedules measured in (b).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the draws and members.')
+_REANALYSE = flags.DEFINE_bool(
+    'reanalyse', False, 'Read the member hypergradients back from --out\'s '
+    '.json instead of computing them (the tables only; no timing).')
 _OUT = flags.DEFINE_string(
     'out', os.path.join(os.path.dirname(__file__), 'results',
                         'population_signal'),
@@ -264,6 +270,9 @@ def reproducibility(pool, sizes, draws, min_agreements, rng):
         real_x = np.broadcast_to(real, raw_x.shape)
         signal_cols.append('-' if rule is not None
                            else pct(_agree(raw_x, raw_y), real_x))
+        undecided = (x == 0).astype(float)
+        signal_cols += (['-', '-'] if rule is None else
+                        [pct(undecided, ~real_x), pct(undecided, real_x)])
         rows.append([s, name, '-' if rule is None else rule,
                      f'{100 * decided.mean():.0f}', pct(agree, decided),
                      f'{100 * against.mean():.0f}',
@@ -279,6 +288,14 @@ def main(argv):
   steps = _STEPS.value
   task = tasks_lib.make_task(_TASK.value)
   start = time.perf_counter()
+  saved = None
+  if _REANALYSE.value:
+    with open(_OUT.value + '.json') as f:
+      saved = json.load(f)
+    if saved['task'] != _TASK.value or saved['steps'] != steps:
+      raise app.UsageError(
+          f'--reanalyse: {_OUT.value}.json holds task {saved["task"]}, '
+          f'T = {saved["steps"]}; asked for {_TASK.value}, T = {steps}.')
   sections = [
       f'# Population hypergradients: cost and sign reproducibility\n\n'
       f'Task `{_TASK.value}`, T = {steps}, {_LR_INTERVALS.value} lr '
@@ -298,7 +315,12 @@ def main(argv):
             'schedules': {}}
 
   sizes = [int(s) for s in _TIME_SIZES.value if s]
-  if sizes:
+  if saved is not None:
+    if saved.get('timing_section'):
+      sections.append(saved['timing_section'])
+      record['timing'] = saved['timing']
+      record['timing_section'] = saved['timing_section']
+  elif sizes:
     log('(a) cost, default schedule')
     load = os.getloadavg()[0]
     rows = time_population(task, hparams_for(task, 'default',
@@ -306,13 +328,14 @@ def main(argv):
                            steps, sizes,
                            [int(b) for b in _MEMBER_BATCHES.value if b],
                            _REPEATS.value, log)
-    sections.append(
+    record['timing_section'] = (
         f'## (a) Cost: one vectorised population vs S separate calls\n\n'
         f'Default schedule; best of {_REPEATS.value} after a warm-up '
         f'(variants interleaved), compilation excluded; load average '
         f'{load:.1f} before timing, on {os.cpu_count()} '
         f'cores.\n\n' + common.markdown_table(
             ['S', 'how', 's', 's / member', '/ S calls'], rows) + '\n')
+    sections.append(record['timing_section'])
     record['timing'] = rows
 
   rng = np.random.RandomState(_SEED.value)
@@ -321,8 +344,12 @@ def main(argv):
   for name in _SCHEDULES.value:
     log(f'(b) member pool, schedule {name}')
     hparams = hparams_for(task, name, _LR_INTERVALS.value)
-    pool, losses = member_pool(task, hparams, steps, _POOL.value,
-                               _POOL_BATCH.value, _SEED.value, log)
+    if saved is not None:
+      pool = np.asarray(saved['schedules'][name]['member_hypergrads'])
+      losses = np.asarray(saved['schedules'][name]['member_losses'])
+    else:
+      pool, losses = member_pool(task, hparams, steps, _POOL.value,
+                                 _POOL_BATCH.value, _SEED.value, log)
     rows = reproducibility(pool, [1] + sizes, _DRAWS.value, rules, rng)
     med = np.median(pool, axis=0)
     agreement = np.abs(np.sign(pool).mean(axis=0))
@@ -343,7 +370,8 @@ def main(argv):
             ['S', 'aggregate', 'min_agreement', 'decided %',
              'agree / decided %', 'moves against %',
              'agree with rest / decided %', 'signal %', 'agree / signal %',
-             'agree / pool signal %'],
+             'agree / pool signal %', 'in place / no pool signal %',
+             'in place / pool signal %'],
             rows)
         + f'\n\nThe pool itself (all {len(pool)} members):\n\n'
         + common.markdown_table(
@@ -354,7 +382,12 @@ def main(argv):
                                  'member_hypergrads': pool.tolist(),
                                  'member_losses': losses.tolist(),
                                  'value_names': keys, 'table': rows}
-  sections.append(f'Total wall time {time.perf_counter() - start:.0f} s.\n')
+  wall = (saved['wall_seconds'] if saved and 'wall_seconds' in saved
+          else time.perf_counter() - start)
+  record['wall_seconds'] = wall
+  sections.append(f'Total wall time {wall:.0f} s'
+                  + (' (member hypergradients read back from the .json '
+                     'with --reanalyse)' if saved else '') + '.\n')
   text = '\n'.join(sections)
   print(text)
   os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
