@@ -12,7 +12,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-# The main job: FDS on MNIST-1D generated larger (locally, no download), ~45 s.
+# The main job: FDS on MNIST-1D generated larger (locally, no download), ~50 s.
 run: $(VENV)/.installed
 	$(PY) -m launch.fds
 

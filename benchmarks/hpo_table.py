@@ -15,9 +15,9 @@ Methods (all learn lr, momentum and weight decay of SGD with momentum):
   through the whole horizon) with the task's launch config
   (``launch/configs/<task>.py``: 7 lr intervals, re-drawn validation split
   and fresh initialisation per outer step; its initial schedule and outer
-  step sizes: for MNIST-1D the default schedule with steps lr 0.05,
-  momentum 0.02, wd 3e-4, for the others the paper's init 0 with steps
-  0.1, 0.1, 3e-4).
+  step sizes: for the standard MNIST-1D the default schedule with steps lr
+  0.05, momentum 0.02, wd 3e-4, for the others the paper's init 0 with
+  steps 0.1, 0.1, 3e-4); one inner run per outer step, forward mode.
 * ``fds_pop``: FDS-population, the same loop where each outer step's
   hypergradient is the median of ``POPULATION`` (4) inner runs, each with its
   own initialisation and validation split, a value whose members split 2-2
@@ -70,7 +70,10 @@ MLP ~87 min (a plain run of T = 1000 steps takes 0.18 s on MNIST-1D and
 0.83 s on Fashion-MNIST; the wall time is the ~100-150-run budget of every
 method times 5 seeds, then the retrains).
 
-Writes ``benchmarks/results/hpo_<task>{--tag}.{md,png,json}``.
+Writes ``benchmarks/results/hpo_<task>{--tag}.{md,png,json}``. With
+``--merge --methods m1,m2`` only those methods run (and the default, to
+check the pairing), at the existing table's budget, and their rows replace
+the table's; the table notes the command that produced them.
 """
 
 from __future__ import annotations

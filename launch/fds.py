@@ -1,6 +1,6 @@
 r"""FDS hyperparameter optimisation from the command line.
 
-    python -m launch.fds                                   # larger MNIST-1D MLP, ~1 min on 2 CPU cores
+    python -m launch.fds                                   # larger MNIST-1D MLP, ~50 s on 2 CPU cores
     python -m launch.fds --config launch/configs/digits_mlp.py --config.outer_steps=5
     python -m launch.fds --config launch/configs/cifar10_wrn16_1.py \
         --config.data_dir=~/tensorflow_datasets
@@ -125,8 +125,11 @@ def _print_summary(summary, workdir):
         f' (mean of {n} retrains)')
   print(f'  test accuracy, default schedule {summary["default_schedule"]}: '
         f'{pct(summary["default_test_accuracy"])} (same {n} inits)')
+  plots = ['schedules.png', 'validation.png'] + [
+      name for name in ('sign_agreement.png',)
+      if os.path.exists(os.path.join(workdir, name))]
   print(f'  outputs in {os.path.abspath(workdir)}: summary.json, '
-        'metrics.csv, schedules.png, validation.png, tensorboard/')
+        f'metrics.csv, {", ".join(plots)}, tensorboard/')
 
 
 def main(argv):
