@@ -1,6 +1,6 @@
 r"""FDS hyperparameter optimisation from the command line.
 
-    python -m launch.fds                                   # larger MNIST-1D MLP, ~50 s on 2 CPU cores
+    python -m launch.fds                      # larger MNIST-1D MLP, ~50 s on 2 CPU cores
     python -m launch.fds --config launch/configs/digits_mlp.py --config.outer_steps=5
     python -m launch.fds --config launch/configs/cifar10_wrn16_1.py \
         --config.data_dir=~/tensorflow_datasets
@@ -8,7 +8,8 @@ r"""FDS hyperparameter optimisation from the command line.
 
 ``--config FILE`` names a task's config (``launch/configs/<task>.py``; its
 docstring gives the command, run time and expected result; default:
-``mnist1d_large_mlp.py``, MNIST-1D generated larger), and ``--config.<field>=value`` overrides any of its fields (see
+``mnist1d_large_mlp.py``, MNIST-1D generated larger), and
+``--config.<field>=value`` overrides any of its fields (see
 ``launch/train.py``). A pip install runs the same script as ``hypergrad-fds``
 and takes ``--config`` paths of the installed package's configs
 (``hypergrad-fds --config=$(python -m hypergrad_launch.configs digits_mlp)``).
