@@ -18,13 +18,14 @@ Methods (all learn lr, momentum and weight decay of SGD with momentum):
   step sizes: for the standard MNIST-1D the default schedule with steps lr
   0.05, momentum 0.02, wd 3e-4, for the others the paper's init 0 with
   steps 0.1, 0.1, 3e-4); one inner run per outer step, forward mode.
-* ``fds_pop``: FDS-population, the same loop where each outer step's
-  hypergradient is the median of ``POPULATION`` (4) inner runs, each with its
-  own initialisation and validation split, a value whose members split 2-2
-  in sign left in place (``min_agreement`` 0.5), the hypergradients computed
-  by ``hypergrad.auto()`` (the same numbers as forward mode, by whichever of
-  forward and checkpointed reverse mode is faster: on CPU reverse); charged
-  its measured cost.
+* ``fds_pop``: FDS-population, the same loop where, from outer step
+  ``POPULATION_FROM`` (5) on, each outer step's hypergradient is the median
+  of ``POPULATION`` (4) inner runs, each with its own initialisation and
+  validation split, a value whose members split 2-2 in sign left in place
+  (``min_agreement`` 0.5); the earlier steps run one inner run. The
+  hypergradients are computed by ``hypergrad.auto()`` (the same numbers as
+  forward mode, by whichever of forward and checkpointed reverse mode is
+  faster: on CPU reverse); each step is charged its measured cost.
 * ``fds_zero``: the task's launch config with the FDS paper's initial
   values and outer steps from ``launch/configs/base.py`` (init 0, steps lr
   0.1, momentum 0.1, wd 3e-4), whatever the task's config says.
@@ -119,6 +120,10 @@ OUTER = ('fds', 'fds_pop', 'fds_zero', 'reverse')
 POPULATION = 4
 POPULATION_AGGREGATE = 'median'
 POPULATION_MIN_AGREEMENT = 0.5
+# The first outer steps run one inner run: far from the optimum every member
+# agrees in sign (launch/configs/mnist1d_large_mlp.py), and on CPU a
+# population costs S runs. Each step is charged its own measured cost.
+POPULATION_FROM = 5
 METHODS = ('default',) + OUTER + GREEDY + BLACKBOX
 # The bounds of the automatic greedy meta-step grid (total drift of lr over
 # the run, see greedy_method).
@@ -289,6 +294,7 @@ def measure_costs(task, horizon: int, config, methods, repeats: int,
     calls['fds'] = outer_step_fn(hypergrad.forward(), 1)
   if 'fds_pop' in methods:
     calls['fds_pop'] = outer_step_fn(hypergrad.auto(), POPULATION)
+    calls['fds_pop_single'] = outer_step_fn(hypergrad.auto(), 1)
   if 'reverse' in methods:
     calls['reverse'] = lambda: hypergrad.reverse(reverse_ckpt)(
         step_fn, loss_fn, state, fds_h, horizon)
@@ -318,13 +324,33 @@ def population_options(population: int) -> dict:
   """``make_hypergrad_fn``'s population keywords for ``population`` runs."""
   return {'population': population, 'aggregate': POPULATION_AGGREGATE,
           'min_agreement': (POPULATION_MIN_AGREEMENT if population > 1
-                            else None)}
+                            else None),
+          'population_from': POPULATION_FROM if population > 1 else 0}
+
+
+def outer_spend(costs, budget) -> list[float]:
+  """Cumulative cost after each outer step the budget pays for.
+
+  ``costs``: the cost of outer step ``k`` is ``costs[min(k, len - 1)]``.
+  """
+  spent, out = 0.0, []
+  while True:
+    c = costs[min(len(out), len(costs) - 1)]
+    if spent + c > budget + 1e-9:
+      return out
+    spent += c
+    out.append(spent)
 
 
 def run_outer(task, config, horizon, budget, cost, estimator, seed, init,
               population=1):
-  """FDS's outer loop with any estimator value's hypergradients."""
-  max_steps = int(math.floor(budget / cost + 1e-9))
+  """FDS's outer loop with any estimator value's hypergradients.
+
+  ``cost``: of one outer step, or a list (step ``k`` costs ``cost[k]``,
+  the last entry every later step).
+  """
+  spend = outer_spend(cost if isinstance(cost, list) else [cost], budget)
+  max_steps = len(spend)
   hparams0 = initial_fds_hparams(task, config, init)
   if max_steps < 1:
     return [(0.0, hparams0)], {'outer_steps': 0}
@@ -340,7 +366,7 @@ def run_outer(task, config, horizon, budget, cost, estimator, seed, init,
     records.append(record)
     # What the search would return if stopped now: its best evaluated
     # schedule, never values it has not evaluated.
-    checkpoints.append((state.step * cost, state.best_hparams))
+    checkpoints.append((spend[state.step - 1], state.best_hparams))
 
   state, _ = search.run(fn, hparams0, opt=opt, max_outer_steps=max_steps,
                         tol=config.tol, callback=callback,
@@ -504,6 +530,9 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
   cost = {m: ratios[m] * horizon for m in OUTER + GREEDY if m in ratios}
   if 'fds' in ratios:
     cost['fds_zero'] = cost['fds']  # the same estimator
+  if 'fds_pop' in ratios:
+    cost['fds_pop'] = ([ratios['fds_pop_single'] * horizon] * POPULATION_FROM
+                       + [ratios['fds_pop'] * horizon])
   if not budget:
     if 'fds' not in ratios:
       raise ValueError('the default budget is set by FDS\'s cost: include '
@@ -669,9 +698,9 @@ def _mean_std(values):
 
 
 LABELS = {'default': 'default schedule', 'fds': 'FDS (forward, non-greedy)',
-          'fds_pop': f'FDS-population (S={POPULATION}, '
-                     f'{POPULATION_AGGREGATE}, undecided < '
-                     f'{POPULATION_MIN_AGREEMENT} left in place)',
+          'fds_pop': f'FDS-population (S={POPULATION} from outer step '
+                     f'{POPULATION_FROM}, {POPULATION_AGGREGATE}, undecided '
+                     f'< {POPULATION_MIN_AGREEMENT} left in place)',
           'fds_zero': 'FDS, paper setting (init 0, steps 0.1)',
           'reverse': 'reverse-mode non-greedy', 'hd': 'HD (greedy)',
           'rtho': 'RTHO (greedy)', 'truncated': 'truncated greedy',
@@ -688,6 +717,9 @@ def table(results) -> str:
     secs = np.mean([r['seconds'] for r in per_seed])
     ratio = results['ratios'].get('fds' if m == 'fds_zero' else m,
                                   1.0 if m in BLACKBOX else None)
+    if m == 'fds_pop' and 'fds_pop_single' in results['ratios']:
+      ratio = (f"{results['ratios']['fds_pop_single']:.2f}, from outer step "
+               f"{POPULATION_FROM} {ratio:.2f}")
     gain, half = confidence_interval([r['paired_gain'] for r in per_seed])
     rows.append([LABELS[m], f'{100 * acc[0]:.2f} ± {100 * acc[1]:.2f}',
                  '-' if m == 'default' else
@@ -695,7 +727,9 @@ def table(results) -> str:
                  f'{100 * (gain + half):+.2f}]',
                  f'{loss[0]:.3f} ± {loss[1]:.3f}', f'{spent:,.0f}',
                  f'{spent / T:.1f}', _iterations(m, per_seed),
-                 '-' if ratio is None else f'{ratio:.2f}', f'{secs:.0f}'])
+                 '-' if ratio is None else
+                 ratio if isinstance(ratio, str) else f'{ratio:.2f}',
+                 f'{secs:.0f}'])
   return common.markdown_table(
       ['method', 'test acc % (mean ± std)',
        'paired gain over default, points [95% CI]', 'test loss',

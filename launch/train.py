@@ -19,7 +19,8 @@ only parses flags. Config fields (see ``launch/configs/base.py``):
   split and initialisation, one vmapped program); ``aggregate``
   (``mean``/``median``/``trimmed_mean``/``sign_vote``) combines their
   hypergradients and ``min_agreement`` (0: off) leaves a value whose sign
-  agreement is below it in place (undecided).
+  agreement is below it in place (undecided); ``population_from``: outer
+  steps before it run one inner run (0: the population from the start).
 * ``redraw_val``, ``fresh_init``: per-outer-step validation split and inner
   initialisation.
 * ``retrain_inits``: initialisations the learned and the default schedules
@@ -134,6 +135,11 @@ def validate_config(config) -> list[str]:
       or population < 1):
     raise ConfigError(f'population must be an integer >= 1, got '
                       f'{population!r}.')
+  population_from = config.get('population_from', 0)
+  if (not isinstance(population_from, int) or isinstance(population_from, bool)
+      or population_from < 0):
+    raise ConfigError(f'population_from must be an integer >= 0, got '
+                      f'{population_from!r}.')
   if config.aggregate not in hypergrad.AGGREGATES:
     raise ConfigError(f'unknown aggregate {config.aggregate!r}; known: '
                       f'{", ".join(hypergrad.AGGREGATES)}.')
@@ -222,7 +228,8 @@ def _hypergrad_fn(config, task, mesh=None):
       progress=hypergrad.Progress(on_step, progress_every),
       on_result=on_result, population=config.population,
       aggregate=config.aggregate,
-      min_agreement=config.min_agreement or None, mesh=mesh)
+      min_agreement=config.min_agreement or None,
+      population_from=config.get('population_from', 0), mesh=mesh)
 
   def fn(hparams, outer_step):
     # Host values every step: after an outer update they are device arrays
@@ -469,6 +476,7 @@ def _report(config, kinds, task, state, records, workdir, start,
       'task': config.task,
       'estimator': config.estimator,
       'population': config.population,
+      'population_from': config.get('population_from', 0),
       'aggregate': config.aggregate,
       'min_agreement': config.min_agreement,
       'horizon': config.horizon,

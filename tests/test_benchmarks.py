@@ -214,3 +214,11 @@ def test_merge_keeps_old_rows_and_refuses_unpaired_tables(tiny_table):
   with pytest.raises(ValueError, match='not be paired'):
     hpo_table.merge_results(
         results, {**new, 'methods': {'default': moved}}, 'cmd')
+
+
+def test_outer_spend_charges_each_step_its_own_cost():
+  assert hpo_table.outer_spend([10.0], 35.0) == [10.0, 20.0, 30.0]
+  # Two cheap steps, then dear ones: the budget pays for what it can.
+  assert hpo_table.outer_spend([1.0, 1.0, 10.0], 23.0) == [1.0, 2.0, 12.0,
+                                                          22.0]
+  assert hpo_table.outer_spend([5.0], 4.0) == []

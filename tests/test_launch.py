@@ -219,3 +219,28 @@ def test_population_with_auto_estimator_equals_forward(tmp_path):
   values = np.concatenate([np.ravel(v) for v in agreement.values()])
   assert np.all((values >= 0) & (values <= 1))
   assert os.path.getsize(tmp_path / 'auto' / 'sign_agreement.png') > 0
+
+
+def test_population_from_runs_one_inner_run_before_it(tmp_path):
+  kw = dict(outer_steps=2, retrain_inits=1)
+  late = train.train_and_evaluate(
+      _tiny_config(population=3, population_from=1, aggregate='median',
+                   **kw), str(tmp_path / 'late'))
+  train.train_and_evaluate(_tiny_config(**kw), str(tmp_path / 'single'))
+  assert late['population_from'] == 1
+  rows = {}
+  for name in ('late', 'single'):
+    with open(tmp_path / name / 'metrics.csv') as f:
+      rows[name] = list(csv.DictReader(f))
+  # Outer step 0 is the single run itself (member 0 has its seed) ...
+  assert json.loads(rows['late'][0]['sign_agreement']) is None
+  assert float(rows['late'][0]['val_loss']) == pytest.approx(
+      float(rows['single'][0]['val_loss']), rel=1e-6)
+  assert rows['late'][0]['hypergrads'] == rows['single'][0]['hypergrads']
+  # ... and outer step 1 the population.
+  assert json.loads(rows['late'][1]['sign_agreement']) is not None
+
+
+def test_negative_population_from_refused(tmp_path):
+  with pytest.raises(train.ConfigError, match='population_from'):
+    train.train_and_evaluate(_tiny_config(population_from=-1), str(tmp_path))

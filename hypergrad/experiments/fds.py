@@ -110,7 +110,7 @@ def make_hypergrad_fn(
     progress: hypergrad.Progress | None = None,
     on_result: Callable[[Any, Any], None] | None = None,
     population: int = 1, aggregate: str = 'mean',
-    min_agreement: float | None = None,
+    min_agreement: float | None = None, population_from: int = 0,
     mesh: jax.sharding.Mesh | None = None) -> Callable[[Any, int], Any]:
   """FDS's ``hypergrad_fn(hparams, outer_step)`` for a task.
 
@@ -134,6 +134,11 @@ def make_hypergrad_fn(
     population: inner runs per outer step, ``S >= 1``.
     aggregate, min_agreement: how a population's hypergradients combine
       (see :func:`hypergrad.population_hypergrad`); ignored for ``S = 1``.
+    population_from: outer steps before this one run one inner run (the
+      population's first member), the later ones the population. Far from
+      the optimum every member agrees in sign (from FDS's init 0 on the
+      main job's task, all of them for the first 5 outer steps), so a
+      population there only costs; 0: the population from the start.
     mesh: a mesh with a ``member`` axis splits a population's members over
       its devices (``S`` must be a multiple of its size); other axes are
       the task's and the estimator's.
@@ -148,13 +153,16 @@ def make_hypergrad_fn(
                     f'{estimator!r}.')
 
   population = validation.check_int(population, 'population')
+  population_from = validation.check_int(population_from, 'population_from',
+                                         minimum=0)
   members = member_mesh(mesh, population)
 
   told = []
 
   def fn(hparams, outer_step: int):
     s = outer_seed(seed, outer_step)
-    seeds = [member_seed(s, i) for i in range(population)]
+    size = population if outer_step >= population_from else 1
+    seeds = [member_seed(s, i) for i in range(size)]
     splits = [task.split(x) if redraw_val else task.default_split()
               for x in seeds]
     states = [task.init_state(x if fresh_init else seed) for x in seeds]
@@ -165,7 +173,7 @@ def make_hypergrad_fn(
                                    task.loss_fn(splits[0]), states[0],
                                    hparams, horizon))
       logging.info('hypergrad.auto: %s', told[0].reason)
-    if population == 1:
+    if size == 1:
       result = estimator(task.step_fn(splits[0]), task.loss_fn(splits[0]),
                          states[0], hparams, horizon, progress=progress)
     else:
