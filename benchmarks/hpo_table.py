@@ -644,6 +644,10 @@ def merge_results(old: dict, new: dict, command: str) -> dict:
                        f'{now} here and {was} in the existing table; the '
                        f'gains would not be paired.')
   out = dict(old)
+  if any(m in OUTER for m in new['methods']):
+    # The outer-loop rows now come from this run's FDS settings.
+    for key in ('fds_init', 'fds_step_sizes', 'reverse_checkpoint_every'):
+      out[key] = new[key]
   methods = dict(old['methods'])
   methods.update(new['methods'])
   out['methods'] = {m: methods[m] for m in METHODS if m in methods}
