@@ -284,11 +284,14 @@ def measure_costs(task, horizon: int, config, methods, repeats: int,
   # function costs (new split and initialisation included), for one inner
   # run and for a population alike.
   def outer_step_fn(estimator, population):
+    options = population_options(population)
     fn = fds_lib.make_hypergrad_fn(
         task, estimator, horizon, seed=0,
         redraw_val=config.redraw_val, fresh_init=config.fresh_init,
-        **population_options(population))
-    return lambda: fn(fds_h, 0)
+        **options)
+    # An outer step that runs the whole population.
+    k = options['population_from']
+    return lambda: fn(fds_h, k)
 
   if 'fds' in methods or 'fds_zero' in methods:
     calls['fds'] = outer_step_fn(hypergrad.forward(), 1)

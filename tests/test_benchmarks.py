@@ -53,6 +53,10 @@ def test_hpo_table_every_method_within_one_budget(tiny_table):
         r['test_loss']), m
   default = results['methods']['default'][0]
   assert default['spent'] == 0
+  # FDS-population is charged a whole population's cost from the outer
+  # step where it begins, one run's before.
+  ratios = results['ratios']
+  assert ratios['fds_pop'] > 1.5 * ratios['fds_pop_single'], ratios
   for m in hpo_table.GREEDY:
     (r,) = results['methods'][m]
     runs = len(r['info']['runs'])
