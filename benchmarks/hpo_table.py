@@ -114,7 +114,8 @@ OUTER = ('fds', 'fds_pop', 'fds_zero', 'reverse')
 # sign two populations agree on most often
 # (benchmarks/results/population_signal*.md), and leaves a value whose
 # members split evenly in sign in place: the main job's settings
-# (launch/configs/mnist1d_large_mlp.py). Its hypergradients come from
+# (launch/configs/mnist1d_large_mlp.py, which runs the population from the
+# first outer step: it has no budget to keep). Its hypergradients come from
 # hypergrad.auto(), the faster exact estimator on this machine (the same
 # numbers as forward mode); it is charged that measured cost.
 POPULATION = 4
