@@ -41,8 +41,11 @@ import time
 from hypergrad._src import extras
 
 # A pip install without the launch extra gets the line to run, not a trace.
-extras.require('launch', 'absl', 'ml_collections', 'flax', 'orbax',
-               'matplotlib', 'tqdm')
+try:
+  extras.require('launch', 'absl', 'ml_collections', 'flax', 'orbax',
+                 'matplotlib', 'tqdm')
+except ImportError as e:
+  raise SystemExit(f'error: {e}') from None
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app  # noqa: E402

@@ -48,6 +48,15 @@ def test_a_missing_extra_names_the_pip_install(module, extra, code):
   assert f"pip install 'jax-hypergrad[{extra}]'" in proc.stderr, proc.stderr
 
 
+def test_launch_without_its_extra_is_one_line_not_a_traceback():
+  proc = _python('import sys\nsys.modules["ml_collections"] = None\n'
+                 'import runpy\nrunpy.run_module("launch.fds", '
+                 'run_name="__main__")')
+  assert proc.returncode == 1
+  assert "pip install 'jax-hypergrad[launch]'" in proc.stderr, proc.stderr
+  assert 'Traceback' not in proc.stderr, proc.stderr
+
+
 def _readme_example() -> str:
   with open(os.path.join(ROOT, 'README.md')) as f:
     text = f.read()
