@@ -79,8 +79,8 @@ def flop_floor(steps: int, lr_intervals):
   for n in lr_intervals:
     hp = common.fds_hparams(n)
     h = schedule.hparams_at(hp, t, steps)
-    plain = common.compiled_flops(lambda d, r, h=h: step(d, r, h, t), split.diff,
-                   split.rest)
+    plain = common.compiled_flops(lambda d, r, h=h: step(d, r, h, t),
+                                  split.diff, split.rest)
     g = 4
     dh = jax.tree.map(lambda x: jax.numpy.zeros((g,) + x.shape, x.dtype), h)
     pushed = common.compiled_flops(

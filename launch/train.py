@@ -110,7 +110,8 @@ def validate_config(config) -> list[str]:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
       raise ConfigError(f'{name} must be a positive integer, got {value!r}.')
   for name in ('retrain_steps', 'batch_size', 'chunk_size',
-               'checkpoint_every', 'progress_every', 'retrain_inits'):
+               'checkpoint_every', 'progress_every', 'retrain_inits',
+               'population_from'):
     value = config[name]
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
       raise ConfigError(f'{name} must be an integer >= 0 (0: default), got '
@@ -135,11 +136,6 @@ def validate_config(config) -> list[str]:
       or population < 1):
     raise ConfigError(f'population must be an integer >= 1, got '
                       f'{population!r}.')
-  population_from = config.get('population_from', 0)
-  if (not isinstance(population_from, int) or isinstance(population_from, bool)
-      or population_from < 0):
-    raise ConfigError(f'population_from must be an integer >= 0, got '
-                      f'{population_from!r}.')
   if config.aggregate not in hypergrad.AGGREGATES:
     raise ConfigError(f'unknown aggregate {config.aggregate!r}; known: '
                       f'{", ".join(hypergrad.AGGREGATES)}.')
@@ -229,7 +225,7 @@ def _hypergrad_fn(config, task, mesh=None):
       on_result=on_result, population=config.population,
       aggregate=config.aggregate,
       min_agreement=config.min_agreement or None,
-      population_from=config.get('population_from', 0), mesh=mesh)
+      population_from=config.population_from, mesh=mesh)
 
   def fn(hparams, outer_step):
     # Host values every step: after an outer update they are device arrays
@@ -476,7 +472,7 @@ def _report(config, kinds, task, state, records, workdir, start,
       'task': config.task,
       'estimator': config.estimator,
       'population': config.population,
-      'population_from': config.get('population_from', 0),
+      'population_from': config.population_from,
       'aggregate': config.aggregate,
       'min_agreement': config.min_agreement,
       'horizon': config.horizon,
