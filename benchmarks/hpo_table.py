@@ -126,6 +126,8 @@ POPULATION_MIN_AGREEMENT = 0.5
 # population costs S runs. Each step is charged its own measured cost.
 POPULATION_FROM = 5
 METHODS = ('default',) + OUTER + GREEDY + BLACKBOX
+# Tables written before the objective was recorded all used this one.
+OBJECTIVE_BEFORE_THE_FIELD = 'cross_entropy'
 # The bounds of the automatic greedy meta-step grid (total drift of lr over
 # the run, see greedy_method).
 GREEDY_SCALE_RANGE = (0.03, 10.0)
@@ -523,8 +525,10 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
     reverse_checkpoint_every = preset.get('reverse_checkpoint_every', 0)
   reverse_ckpt = reverse_checkpoint_every or None
   eval_batch = eval_batch or preset.get('eval_batch', 16)
+  val_objective = config.get('val_objective', 'cross_entropy')
   task = tasks_lib.make_task(task_name, data_dir=data_dir, seed=0,
-                             val_fraction=config.val_fraction)
+                             val_fraction=config.val_fraction,
+                             val_objective=val_objective)
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   log(f'{task_name}: T={horizon}, backend {jax.default_backend()}')
 
@@ -601,6 +605,7 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
   results = {'task': task_name, 'horizon': horizon, 'budget': budget,
              'seeds': seeds, 'ratios': ratios, 'points': points,
              'eval_seeds': eval_seeds, 'fds_init': fds_init,
+             'val_objective': val_objective,
              'fds_step_sizes': config.step_sizes.to_dict(),
              'blackbox_lr_intervals': blackbox_lr_intervals,
              'reverse_checkpoint_every': reverse_ckpt,
@@ -636,10 +641,13 @@ def merge_results(old: dict, new: dict, command: str) -> dict:
   retrain initialisations, and the default schedule retrained to the same
   test accuracies in both (so every gain stays paired).
   """
-  for key in ('task', 'horizon', 'budget', 'seeds', 'eval_seeds'):
-    if old[key] != new[key]:
-      raise ValueError(f'cannot merge: {key} is {new[key]!r} here and '
-                       f'{old[key]!r} in the existing table.')
+  for key in ('task', 'horizon', 'budget', 'seeds', 'eval_seeds',
+              'val_objective'):
+    was, now = (r.get(key, OBJECTIVE_BEFORE_THE_FIELD) if key ==
+                'val_objective' else r[key] for r in (old, new))
+    if was != now:
+      raise ValueError(f'cannot merge: {key} is {now!r} here and '
+                       f'{was!r} in the existing table.')
   if 'default' in new['methods']:
     was = [r['test_accuracy'] for r in old['methods']['default']]
     now = [r['test_accuracy'] for r in new['methods']['default']]
@@ -822,6 +830,8 @@ def write(results, out_dir, command, tag=''):
       f"default schedule is retrained from the same initialisations; the "
       f"interval is the 95% Student-t interval of the mean gain over HPO "
       f"seeds (an interval above 0: a gain that is not seed luck). "
+      f"Validation objective of every method: "
+      f"{r.get('val_objective', OBJECTIVE_BEFORE_THE_FIELD)}. "
       f"Black-box objective: validation loss at "
       f"the end of training; black-box lr pieces: "
       f"{r['blackbox_lr_intervals']}. FDS/reverse init: {r['fds_init']}, "

@@ -27,6 +27,8 @@ from hypergrad._src.inner import optax_init
 from hypergrad._src.inner import optax_step
 from hypergrad._src.inner import sgd_init
 from hypergrad._src.inner import sgd_momentum_step
+from hypergrad._src.losses import calibrated_cross_entropy
+from hypergrad._src.losses import optimal_temperature
 from hypergrad._src.online import SGD_BOUNDS
 from hypergrad._src.online import OnlineMethod
 from hypergrad._src.online import run_online
@@ -107,6 +109,7 @@ __all__ = (
     '__version__',
     'aggregate_hypergrads',
     'auto',
+    'calibrated_cross_entropy',
     'chain',
     'constant',
     'expand',
@@ -123,6 +126,7 @@ __all__ = (
     'meta_optimizer',
     'optax_init',
     'optax_step',
+    'optimal_temperature',
     'outer_init',
     'outer_step',
     'population_hypergrad',

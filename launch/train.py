@@ -5,6 +5,10 @@ only parses flags. Config fields (see ``launch/configs/base.py``):
 
 * ``task``, ``data_dir``, ``seed``, ``batch_size`` (0: the task's),
   ``val_fraction``.
+* ``val_objective``: the validation loss the hypergradients descend,
+  ``cross_entropy`` (FDS's) or ``calibrated_cross_entropy`` (after the best
+  temperature on the validation split, ``hypergrad.calibrated_cross_entropy``:
+  a more accurate but over-confident network is not scored worse).
 * ``horizon``: inner steps per hypergradient; ``retrain_steps`` (0: horizon).
 * ``hyperparams``: comma-separated kinds to learn (``lr``, ``momentum``,
   ``weight_decay``); the others keep the task's plain values.
@@ -120,6 +124,10 @@ def validate_config(config) -> list[str]:
   if (not isinstance(seed, int) or isinstance(seed, bool)
       or not 0 <= seed < 2**53):
     raise ConfigError(f'seed must be an integer in [0, 2**53), got {seed!r}.')
+  objective = config.get('val_objective', 'cross_entropy')
+  if objective not in tasks_lib.VAL_OBJECTIVES:
+    raise ConfigError(f'unknown val_objective {objective!r}; known: '
+                      f'{", ".join(tasks_lib.VAL_OBJECTIVES)}.')
   if config.estimator not in fds_lib.ESTIMATOR_NAMES:
     raise ConfigError(f'unknown estimator {config.estimator!r}; known: '
                       f'{", ".join(fds_lib.ESTIMATOR_NAMES)}.')
@@ -365,6 +373,7 @@ class RetrainDivergedError(RuntimeError):
 def _run(config, kinds, config_json, workdir, resume):
   start = time.time()
   overrides = {'batch_size': config.batch_size} if config.batch_size else {}
+  overrides['val_objective'] = config.get('val_objective', 'cross_entropy')
   mesh = tasks_lib.make_mesh(config.get('mesh', ''))
   task = tasks_lib.make_task(config.task, data_dir=config.data_dir or None,
                              seed=config.seed,
@@ -471,6 +480,7 @@ def _report(config, kinds, task, state, records, workdir, start,
   summary = {
       'task': config.task,
       'estimator': config.estimator,
+      'val_objective': config.get('val_objective', 'cross_entropy'),
       'population': config.population,
       'population_from': config.population_from,
       'aggregate': config.aggregate,

@@ -214,6 +214,12 @@ def test_merge_keeps_old_rows_and_refuses_unpaired_tables(tiny_table):
   assert merged['merged'][0]['command'] == 'cmd --merge'
   with pytest.raises(ValueError, match='budget'):
     hpo_table.merge_results(results, {**new, 'budget': 1}, 'cmd')
+  # Rows that descended another validation objective are not comparable
+  # (a table from before the field used plain cross-entropy).
+  with pytest.raises(ValueError, match='val_objective'):
+    hpo_table.merge_results(
+        {k: v for k, v in results.items() if k != 'val_objective'},
+        {**new, 'val_objective': 'calibrated_cross_entropy'}, 'cmd')
   moved = [dict(results['methods']['default'][0], test_accuracy=0.123)]
   with pytest.raises(ValueError, match='not be paired'):
     hpo_table.merge_results(

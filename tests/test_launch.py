@@ -101,6 +101,7 @@ def test_resume_with_other_config_refused(uninterrupted):
     ({'horizon': 0}, 'horizon must be a positive integer'),
     ({'hyperparams': 'lr,dropout'}, "unknown hyperparameter 'dropout'"),
     ({'estimator': 'magic'}, "unknown estimator 'magic'"),
+    ({'val_objective': 'accuracy'}, "unknown val_objective 'accuracy'"),
 ])
 def test_bad_config_before_compute(change, message, tmp_path):
   with pytest.raises(train.ConfigError, match=message):

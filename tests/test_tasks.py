@@ -65,6 +65,42 @@ def test_unknown_task_and_bad_override():
     tasks.make_task('digits_mlp', colour='red')
   with pytest.raises(ValueError, match='batch_size must be >= 1'):
     tasks.make_task('digits_mlp', batch_size=0)
+  with pytest.raises(ValueError, match="unknown val_objective 'accuracy'"):
+    tasks.make_task('digits_mlp', val_objective='accuracy')
+
+
+def test_calibrated_objective_scores_the_validation_split(digits):
+  calibrated = tasks.make_task('digits_mlp',
+                               val_objective='calibrated_cross_entropy')
+  hp = digits.default_hparams()
+  plain_fn = digits.problem(split_seed=3, init_seed=1)
+  step_fn, loss_fn, state = calibrated.problem(split_seed=3, init_seed=1)
+  final = hypergrad.unroll(step_fn, state, hp, 200)
+  split = calibrated.split(3)
+  logits, _ = hypergrad.experiments.models.apply_model(
+      calibrated.model, final.opt.params, final.opt.model_state,
+      calibrated.x_pool[split.val], train=False)
+  expected = hypergrad.calibrated_cross_entropy(logits,
+                                                calibrated.y_pool[split.val])
+  np.testing.assert_allclose(float(loss_fn(final)), float(expected),
+                             rtol=1e-6)
+  # Same data, init and run: only the objective differs, and the plain
+  # cross-entropy is the calibrated one at temperature 1.
+  plain = float(plain_fn.loss_fn(hypergrad.unroll(plain_fn.step_fn,
+                                                  plain_fn.init_state, hp,
+                                                  200)))
+  assert float(loss_fn(final)) <= plain + 1e-6
+  # Its hypergradient is a forward-mode one like any other.
+  _, g = hypergrad.forward_hypergrad(step_fn, loss_fn, state, hp, 50)
+  assert all(np.isfinite(np.asarray(v)).all() for v in g.values())
+
+
+def test_calibrated_task_hypergradient_matches_finite_differences():
+  task = tasks.make_task('digits_mlp', dtype=jnp.float64, batch_size=16,
+                         val_objective='calibrated_cross_entropy',
+                         model_kwargs=(('widths', (8,)),
+                                       ('activation', 'tanh')))
+  helpers.check_task_hypergrad(task, 8)
 
 
 def test_absent_dataset_fails_fast(tmp_path):

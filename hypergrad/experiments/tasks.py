@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from hypergrad._src import inner
+from hypergrad._src import losses
 from hypergrad._src import registry
 from hypergrad._src import schedule
 from hypergrad._src import unroll as unroll_lib
@@ -49,6 +50,11 @@ class TaskSpec:
       interval each): the baseline the learned schedule is compared with.
     horizon: default inner steps per hypergradient.
     val_fraction: share of the training set held out for validation.
+    val_objective: the validation loss the hypergradients descend, a
+      :data:`VAL_OBJECTIVES` name: ``cross_entropy`` or
+      ``calibrated_cross_entropy`` (after the best temperature,
+      :func:`hypergrad.calibrated_cross_entropy`: confidence a scalar could
+      fix does not count against a more accurate network).
   """
   dataset: str
   model: str
@@ -58,6 +64,7 @@ class TaskSpec:
   default_hparams: tuple = tuple(registry.SGD.defaults.items())
   horizon: int = 1000
   val_fraction: float = 0.05
+  val_objective: str = 'cross_entropy'
 
 
 TASKS = {
@@ -112,6 +119,17 @@ def _xent(logits, labels):
       labels).mean()
 
 
+# The validation objectives a task can hand to the estimators. The test
+# loss that :meth:`Task.evaluate` reports stays the plain cross-entropy.
+VAL_OBJECTIVES = {
+    'cross_entropy': _xent,
+    'calibrated_cross_entropy': lambda logits, labels: (
+        losses.calibrated_cross_entropy(
+            logits.astype(jnp.float32) if logits.dtype == jnp.float16
+            else logits, labels)),
+}
+
+
 def shard_batch(x, mesh):
   """Splits a batch's leading axis over the mesh's ``data`` axis.
 
@@ -146,13 +164,13 @@ def _task_step(static, x_pool, y_pool, train_idx, state: TaskState, hparams_t,
 
 
 def _task_val_loss(static, x_pool, y_pool, val_idx, state: TaskState):
-  model, mesh = static
+  model, mesh, objective = static
   x, y = x_pool[val_idx], y_pool[val_idx]
   if mesh is not None and x.shape[0] % mesh.shape['data'] == 0:
     x, y = shard_batch(x, mesh), shard_batch(y, mesh)
   logits, _ = models_lib.apply_model(model, state.opt.params,
                                      state.opt.model_state, x, train=False)
-  return _xent(logits, y)
+  return VAL_OBJECTIVES[objective](logits, y)
 
 
 class Problem(NamedTuple):
@@ -210,7 +228,8 @@ class Task:
     self._step_impl = functools.partial(
         _task_step, (self.model, spec.batch_size, spec.augment,
                      {k: v for k, v in fixed.items()}, self.mesh))
-    self._val_impl = functools.partial(_task_val_loss, (self.model, self.mesh))
+    self._val_impl = functools.partial(
+        _task_val_loss, (self.model, self.mesh, spec.val_objective))
     self._eval = jax.jit(functools.partial(_evaluate, self.model,
                                            eval_batch_size))
 
@@ -464,6 +483,9 @@ def make_task(name: str, *, data_dir: str | None = None, seed: int = 0,
     raise ValueError(f'bad task override for {name!r}: {e}') from None
   if spec.batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {spec.batch_size}.')
+  if spec.val_objective not in VAL_OBJECTIVES:
+    raise ValueError(f'unknown val_objective {spec.val_objective!r}; known: '
+                     f'{", ".join(VAL_OBJECTIVES)}.')
   check_mesh(mesh, spec.batch_size)
   dataset = data_lib.load_dataset(spec.dataset, data_dir=data_dir,
                                   val_fraction=spec.val_fraction, seed=seed)

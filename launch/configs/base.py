@@ -19,6 +19,9 @@ def get_base_config(task: str) -> ml_collections.ConfigDict:
       else 1000                 # inner steps per hypergradient (and retrain)
   c.batch_size = 0              # 0 = the task's default
   c.val_fraction = 0.05         # FDS: 5% of the training set
+  # What the hypergradients descend: cross_entropy (FDS's) or
+  # calibrated_cross_entropy (after the best temperature).
+  c.val_objective = 'cross_entropy'
   c.hyperparams = 'lr,momentum,weight_decay'
   c.intervals = ml_collections.ConfigDict(
       {'lr': 7, 'momentum': 1, 'weight_decay': 1})
