@@ -226,6 +226,23 @@ def test_merge_keeps_old_rows_and_refuses_unpaired_tables(tiny_table):
         results, {**new, 'methods': {'default': moved}}, 'cmd')
 
 
+def test_table_descends_the_objective_it_names(tiny_table):
+  results, base = tiny_table
+  assert results['val_objective'] == 'cross_entropy'
+  assert 'Validation objective of every method: cross_entropy' in open(
+      base + '.md').read()
+  calibrated = hpo_table.run_table(
+      'digits_mlp', horizon=40, fds_outer_steps=2, seeds=1, eval_points=1,
+      eval_seeds=1, repeats=1, methods=('default', 'fds'),
+      val_objective='calibrated_cross_entropy', log=lambda s: None)
+  assert calibrated['val_objective'] == 'calibrated_cross_entropy'
+  # The same first inner run (seed, split, initialisation), scored after
+  # its best temperature: lower than its plain cross-entropy.
+  plain = results['methods']['fds'][0]['info']['val_loss'][0]
+  scaled = calibrated['methods']['fds'][0]['info']['val_loss'][0]
+  assert scaled < plain, (scaled, plain)
+
+
 def test_outer_spend_charges_each_step_its_own_cost():
   assert hpo_table.outer_spend([10.0], 35.0) == [10.0, 20.0, 30.0]
   # Two cheap steps, then dear ones: the budget pays for what it can.
