@@ -121,11 +121,16 @@ class CalibratedCrossEntropyTest(parameterized.TestCase):
     f(z, y)
     f(z + 1.0, y)
 
-  def test_float32_stays_float32(self):
+  def test_float32_stays_float32_and_half_precision_is_computed_in_it(self):
     z, y = _data(seed=6)
     out = hypergrad.calibrated_cross_entropy(z.astype(jnp.float32), y)
     chex.assert_type(out, jnp.float32)
     chex.assert_shape(out, ())
+    half = hypergrad.calibrated_cross_entropy(z.astype(jnp.bfloat16), y)
+    chex.assert_type(half, jnp.float32)
+    np.testing.assert_allclose(
+        float(half), float(hypergrad.calibrated_cross_entropy(
+            z.astype(jnp.bfloat16).astype(jnp.float32), y)), rtol=1e-6)
 
   @parameterized.named_parameters(
       ('labels_shape', (8, 3), (7,), (-7.0, 7.0), 'shape'),

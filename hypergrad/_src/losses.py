@@ -133,7 +133,7 @@ def calibrated_cross_entropy(logits: jax.Array, labels: jax.Array,
     log_beta_range: bounds of :math:`\log \beta` searched; must contain 0.
 
   Returns:
-    The scalar loss.
+    The scalar loss (float32 for half-precision logits).
 
   Example:
     >>> import jax.numpy as jnp, hypergrad
@@ -147,9 +147,10 @@ def calibrated_cross_entropy(logits: jax.Array, labels: jax.Array,
   if not lo <= 0.0 <= hi:
     raise ValueError(f'log_beta_range must contain 0 (the plain '
                      f'cross-entropy); got {log_beta_range}.')
-  t = optimal_temperature(logits, labels, (lo, hi))
-  logits = jnp.asarray(logits)
-  if logits.dtype == jnp.float16:
+  logits, labels = _check(logits, labels)
+  if logits.dtype in (jnp.float16, jnp.bfloat16):
+    # Half precision cannot resolve the temperature or the loss.
     logits = logits.astype(jnp.float32)
+  t = optimal_temperature(logits, labels, (lo, hi))
   return optax.softmax_cross_entropy_with_integer_labels(
-      logits / t.astype(logits.dtype), labels).mean()
+      logits / t, labels).mean()
