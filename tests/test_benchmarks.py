@@ -57,6 +57,12 @@ def test_hpo_table_every_method_within_one_budget(tiny_table):
   # step where it begins, one run's before.
   ratios = results['ratios']
   assert ratios['fds_pop'] > 1.5 * ratios['fds_pop_single'], ratios
+  # FDS from init 0 is charged what its estimator (auto, one inner run)
+  # costs, step by step.
+  assert ratios['fds_zero'] == ratios['fds_pop_single'], ratios
+  (zero,) = results['methods']['fds_zero']
+  steps = zero['info']['outer_steps']
+  assert zero['spent'] == pytest.approx(steps * ratios['fds_zero'] * 40)
   for m in hpo_table.GREEDY:
     (r,) = results['methods'][m]
     runs = len(r['info']['runs'])
