@@ -539,8 +539,7 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
     reverse_checkpoint_every = preset.get('reverse_checkpoint_every', 0)
   reverse_ckpt = reverse_checkpoint_every or None
   eval_batch = eval_batch or preset.get('eval_batch', 16)
-  val_objective = val_objective or config.get('val_objective',
-                                              'cross_entropy')
+  val_objective = val_objective or config.val_objective
   task = tasks_lib.make_task(task_name, data_dir=data_dir, seed=0,
                              val_fraction=config.val_fraction,
                              val_objective=val_objective)
@@ -659,13 +658,12 @@ def merge_results(old: dict, new: dict, command: str) -> dict:
   retrain initialisations, and the default schedule retrained to the same
   test accuracies in both (so every gain stays paired).
   """
+  old = {'val_objective': OBJECTIVE_BEFORE_THE_FIELD, **old}
   for key in ('task', 'horizon', 'budget', 'seeds', 'eval_seeds',
               'val_objective'):
-    was, now = (r.get(key, OBJECTIVE_BEFORE_THE_FIELD) if key ==
-                'val_objective' else r[key] for r in (old, new))
-    if was != now:
-      raise ValueError(f'cannot merge: {key} is {now!r} here and '
-                       f'{was!r} in the existing table.')
+    if old[key] != new[key]:
+      raise ValueError(f'cannot merge: {key} is {new[key]!r} here and '
+                       f'{old[key]!r} in the existing table.')
   if 'default' in new['methods']:
     was = [r['test_accuracy'] for r in old['methods']['default']]
     now = [r['test_accuracy'] for r in new['methods']['default']]
@@ -750,9 +748,8 @@ def table(results) -> str:
     spent = np.mean([r['spent'] for r in per_seed])
     secs = np.mean([r['seconds'] for r in per_seed])
     # Tables from before fds_zero had its own estimator charged FDS's cost.
-    ratio = results['ratios'].get(m if m in results['ratios'] or
-                                  m != 'fds_zero' else 'fds',
-                                  1.0 if m in BLACKBOX else None)
+    key = 'fds' if m == 'fds_zero' and m not in results['ratios'] else m
+    ratio = results['ratios'].get(key, 1.0 if m in BLACKBOX else None)
     if m == 'fds_pop' and 'fds_pop_single' in results['ratios']:
       ratio = (f"{results['ratios']['fds_pop_single']:.2f}, from outer step "
                f"{POPULATION_FROM} {ratio:.2f}")

@@ -124,10 +124,9 @@ def validate_config(config) -> list[str]:
   if (not isinstance(seed, int) or isinstance(seed, bool)
       or not 0 <= seed < 2**53):
     raise ConfigError(f'seed must be an integer in [0, 2**53), got {seed!r}.')
-  objective = config.get('val_objective', 'cross_entropy')
-  if objective not in tasks_lib.VAL_OBJECTIVES:
-    raise ConfigError(f'unknown val_objective {objective!r}; known: '
-                      f'{", ".join(tasks_lib.VAL_OBJECTIVES)}.')
+  if config.val_objective not in tasks_lib.VAL_OBJECTIVES:
+    raise ConfigError(f'unknown val_objective {config.val_objective!r}; '
+                      f'known: {", ".join(tasks_lib.VAL_OBJECTIVES)}.')
   if config.estimator not in fds_lib.ESTIMATOR_NAMES:
     raise ConfigError(f'unknown estimator {config.estimator!r}; known: '
                       f'{", ".join(fds_lib.ESTIMATOR_NAMES)}.')
@@ -373,7 +372,7 @@ class RetrainDivergedError(RuntimeError):
 def _run(config, kinds, config_json, workdir, resume):
   start = time.time()
   overrides = {'batch_size': config.batch_size} if config.batch_size else {}
-  overrides['val_objective'] = config.get('val_objective', 'cross_entropy')
+  overrides['val_objective'] = config.val_objective
   mesh = tasks_lib.make_mesh(config.get('mesh', ''))
   task = tasks_lib.make_task(config.task, data_dir=config.data_dir or None,
                              seed=config.seed,
@@ -480,7 +479,7 @@ def _report(config, kinds, task, state, records, workdir, start,
   summary = {
       'task': config.task,
       'estimator': config.estimator,
-      'val_objective': config.get('val_objective', 'cross_entropy'),
+      'val_objective': config.val_objective,
       'population': config.population,
       'population_from': config.population_from,
       'aggregate': config.aggregate,

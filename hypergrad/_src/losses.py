@@ -91,7 +91,11 @@ def optimal_temperature(logits: jax.Array, labels: jax.Array,
     True
   """
   logits, labels = _check(logits, labels)
-  lo, hi = _check_range(log_beta_range)
+  return _temperature(logits, labels, *_check_range(log_beta_range))
+
+
+def _temperature(logits, labels, lo, hi):
+  """:func:`optimal_temperature` on checked arguments."""
   z = jax.lax.stop_gradient(logits)
   z_true = jnp.take_along_axis(z, labels[:, None], axis=1)[:, 0]
 
@@ -151,6 +155,6 @@ def calibrated_cross_entropy(logits: jax.Array, labels: jax.Array,
   if logits.dtype in (jnp.float16, jnp.bfloat16):
     # Half precision cannot resolve the temperature or the loss.
     logits = logits.astype(jnp.float32)
-  t = optimal_temperature(logits, labels, (lo, hi))
+  t = _temperature(logits, labels, lo, hi)
   return optax.softmax_cross_entropy_with_integer_labels(
       logits / t, labels).mean()
