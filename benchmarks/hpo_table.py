@@ -9,6 +9,10 @@ r"""FDS against greedy, reverse-mode and black-box HPO at an equal budget.
     python -m benchmarks.hpo_table --task cifar10_wrn16_1 \
         --data_dir ~/tensorflow_datasets                # GPU: T = 10^4
 
+The FDS rows' settings come from the launch config; ``--fds_init``,
+``--fds_step_sizes`` and ``--fds_intervals`` (shared intervals per
+hyperparameter, e.g. ``lr=20``) override them, and the table records them.
+
 Methods (all learn lr, momentum and weight decay of SGD with momentum):
 
 * ``default``: the task's plain schedule (lr 0.1, momentum 0.9, wd 5e-4);
@@ -209,6 +213,10 @@ _FDS_INIT = flags.DEFINE_enum(
 _FDS_STEP_SIZES = flags.DEFINE_string(
     'fds_step_sizes', '', 'Override of the config\'s initial outer step '
     'sizes, e.g. momentum=0.02,lr=0.05.')
+_FDS_INTERVALS = flags.DEFINE_string(
+    'fds_intervals', '', 'Override of the config\'s shared intervals per '
+    'hyperparameter of FDS, FDS-population and reverse mode (the paper\'s '
+    'setting too), e.g. lr=20,weight_decay=3.')
 _REVERSE_CKPT = flags.DEFINE_integer(
     'reverse_checkpoint_every', -1, 'Reverse-mode block length (0: none; '
     '-1: the preset).')
@@ -249,6 +257,12 @@ def paper_config(config):
   out = config.copy_and_resolve_references()
   out.init, out.step_sizes = paper.init, paper.step_sizes
   return out
+
+
+def config_intervals(task_name: str) -> dict:
+  """The launch config's shared intervals of every hyperparameter."""
+  intervals = fds_config(task_name).intervals
+  return {k: int(intervals.get(k, 1)) for k in KINDS}
 
 
 def initial_fds_hparams(task, config, init: str) -> dict:
@@ -522,6 +536,7 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
               greedy_scales=(), fds_init: str = 'config',
               val_objective: str = '',
               fds_step_sizes: dict | None = None,
+              fds_intervals: dict | None = None,
               reverse_checkpoint_every: int = -1, repeats: int = 3,
               data_dir: str | None = None, log=print) -> dict:
   """Runs every method for ``seeds`` seeds at one budget; returns results."""
@@ -535,6 +550,13 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
       raise ValueError(f'bad FDS step size {k}={v}.')
     config.step_sizes[k] = float(v)
   horizon = horizon or preset.get('horizon', config.horizon)
+  for k, v in (fds_intervals or {}).items():
+    if k not in KINDS or not (math.isfinite(v) and v == int(v)
+                              and 1 <= v <= horizon):
+      raise ValueError(f'bad FDS interval count {k}={v}: a whole number '
+                       f'from 1 to the horizon {horizon}, for one of '
+                       f'{", ".join(KINDS)}.')
+    config.intervals[k] = int(v)
   if reverse_checkpoint_every < 0:
     reverse_checkpoint_every = preset.get('reverse_checkpoint_every', 0)
   reverse_ckpt = reverse_checkpoint_every or None
@@ -624,6 +646,8 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
              'eval_seeds': eval_seeds, 'fds_init': fds_init,
              'val_objective': val_objective,
              'fds_step_sizes': config.step_sizes.to_dict(),
+             'fds_intervals': {k: int(config.intervals.get(k, 1))
+                               for k in KINDS},
              'blackbox_lr_intervals': blackbox_lr_intervals,
              'reverse_checkpoint_every': reverse_ckpt,
              'backend': f'{jax.default_backend()} '
@@ -671,11 +695,21 @@ def merge_results(old: dict, new: dict, command: str) -> dict:
       raise ValueError(f'cannot merge: the default schedule retrained to '
                        f'{now} here and {was} in the existing table; the '
                        f'gains would not be paired.')
+  was = old.get('fds_intervals') or config_intervals(old['task'])
+  kept = [m for m in old['methods'] if m in OUTER and m not in new['methods']]
+  if any(m in OUTER for m in new['methods']) and kept and new.get(
+      'fds_intervals', was) != was:
+    raise ValueError(
+        f'cannot merge: FDS shared intervals are {new["fds_intervals"]} '
+        f'here and {was} in the existing table, whose {", ".join(kept)} '
+        f'rows keep them; write a table of its own with --tag.')
   out = dict(old)
   if any(m in OUTER for m in new['methods']):
     # The outer-loop rows now come from this run's FDS settings.
-    for key in ('fds_init', 'fds_step_sizes', 'reverse_checkpoint_every'):
-      out[key] = new[key]
+    for key in ('fds_init', 'fds_step_sizes', 'fds_intervals',
+                'reverse_checkpoint_every'):
+      if key in new:
+        out[key] = new[key]
   methods = dict(old['methods'])
   methods.update(new['methods'])
   out['methods'] = {m: methods[m] for m in METHODS if m in methods}
@@ -852,7 +886,8 @@ def write(results, out_dir, command, tag=''):
       f"Black-box objective: validation loss at "
       f"the end of training; black-box lr pieces: "
       f"{r['blackbox_lr_intervals']}. FDS/reverse init: {r['fds_init']}, "
-      f"outer step sizes {r['fds_step_sizes']}; "
+      f"outer step sizes {r['fds_step_sizes']}"
+      f"{_intervals_note(r)}; "
       f"reverse checkpointing: {r['reverse_checkpoint_every']}. Search wall "
       f"time includes compilation on the first seed.\n\n"
       f"{table(r)}\n\n"
@@ -867,6 +902,28 @@ def write(results, out_dir, command, tag=''):
     json.dump(_jsonable(r), f, indent=1, default=float)
   plot(r, base + '.png')
   return base
+
+
+def _intervals_note(r) -> str:
+  # Tables written before the field was recorded used the launch config's.
+  if 'fds_intervals' not in r:
+    return ''
+  return f", shared intervals {r['fds_intervals']}"
+
+
+def parse_overrides(text: str, flag: str) -> dict:
+  """``'lr=0.05,momentum=0.02'`` as ``{'lr': 0.05, 'momentum': 0.02}``."""
+  out = {}
+  for item in filter(None, (t.strip() for t in text.split(','))):
+    name, eq, value = item.partition('=')
+    try:
+      if not eq:
+        raise ValueError
+      out[name.strip()] = float(value)
+    except ValueError:
+      raise app.UsageError(f'--{flag}: bad entry {item!r}; expected '
+                           f'name=number, e.g. lr=0.1.') from None
+  return out
 
 
 def _produced_by(json_path: str) -> str | None:
@@ -915,8 +972,9 @@ def main(argv):
       hyperband_reports=_HB_REPORTS.value,
       greedy_scales=[float(s) for s in _GREEDY_SCALES.value],
       fds_init=_FDS_INIT.value, val_objective=_VAL_OBJECTIVE.value,
-      fds_step_sizes=dict((kv.split('=')[0], float(kv.split('=')[1]))
-                          for kv in _FDS_STEP_SIZES.value.split(',') if kv),
+      fds_step_sizes=parse_overrides(_FDS_STEP_SIZES.value,
+                                     'fds_step_sizes'),
+      fds_intervals=parse_overrides(_FDS_INTERVALS.value, 'fds_intervals'),
       reverse_checkpoint_every=_REVERSE_CKPT.value, repeats=_REPEATS.value,
       data_dir=_DATA_DIR.value, log=lambda s: print(s, flush=True))
   command = ('python -m benchmarks.hpo_table ' + ' '.join(sys.argv[1:])

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+from absl import app
 import numpy as np
 import pytest
 
@@ -230,6 +231,66 @@ def test_merge_keeps_old_rows_and_refuses_unpaired_tables(tiny_table):
   with pytest.raises(ValueError, match='not be paired'):
     hpo_table.merge_results(
         results, {**new, 'methods': {'default': moved}}, 'cmd')
+
+
+def test_merge_refuses_other_intervals_while_old_outer_rows_stay(
+    tiny_table):
+  results, _ = tiny_table
+  finer = {**results['fds_intervals'], 'lr': 5}
+  new = {**results, 'total_seconds': 1.0, 'fds_intervals': finer,
+         'methods': {'default': results['methods']['default'],
+                     'fds_pop': results['methods']['fds_pop']},
+         'ratios': {'plain_seconds': 0.1, 'fds_pop': 9.0}}
+  # The table's fds, fds_zero and reverse rows searched other schedules.
+  with pytest.raises(ValueError, match='shared intervals'):
+    hpo_table.merge_results(results, new, 'cmd')
+  # Replacing every outer-loop row is one setting again.
+  every = {m: results['methods'][m] for m in
+           ('default',) + hpo_table.OUTER}
+  merged = hpo_table.merge_results(results, {**new, 'methods': every}, 'cmd')
+  assert merged['fds_intervals'] == finer
+  # A table from before the field: its launch config's intervals.
+  old = {k: v for k, v in results.items() if k != 'fds_intervals'}
+  with pytest.raises(ValueError, match='shared intervals'):
+    hpo_table.merge_results(old, new, 'cmd')
+  same = {**new, 'fds_intervals': hpo_table.config_intervals('digits_mlp')}
+  assert hpo_table.merge_results(old, same, 'cmd')['fds_intervals'] == (
+      same['fds_intervals'])
+
+
+def test_fds_intervals_set_the_searched_schedule(tiny_table):
+  results, base = tiny_table
+  assert results['fds_intervals'] == hpo_table.config_intervals('digits_mlp')
+  assert f"shared intervals {results['fds_intervals']}" in open(
+      base + '.md').read()
+  finer = hpo_table.run_table(
+      'digits_mlp', horizon=40, budget=1, seeds=1, eval_points=1,
+      eval_seeds=1, repeats=1, methods=('default', 'fds_zero'),
+      fds_intervals={'lr': 3.0, 'weight_decay': 2.0}, log=lambda s: None)
+  assert finer['fds_intervals'] == {'lr': 3, 'momentum': 1,
+                                    'weight_decay': 2}
+  # With no budget for a step, the search returns its initial schedule.
+  (r,) = finer['methods']['fds_zero']
+  assert [len(r['schedule'][k]) for k in ('lr', 'momentum',
+                                          'weight_decay')] == [3, 1, 2]
+
+
+@pytest.mark.parametrize('bad', [{'lr': 0.0}, {'lr': 2.5}, {'lr': 41.0},
+                                 {'lr': math.nan}, {'beta': 2.0}])
+def test_bad_fds_intervals_refused_before_compute(bad):
+  name = next(iter(bad))
+  with pytest.raises(ValueError, match=f'bad FDS interval count {name}='):
+    hpo_table.run_table('digits_mlp', horizon=40, budget=1, seeds=1,
+                        methods=('default', 'fds'), fds_intervals=bad,
+                        log=pytest.fail)
+
+
+@pytest.mark.parametrize('text', ['lr', 'lr=fast', 'lr=0.1,=', 'lr=0.1,x'])
+def test_bad_override_entries_name_the_entry(text):
+  with pytest.raises(app.UsageError, match='--fds_intervals: bad entry'):
+    hpo_table.parse_overrides(text, 'fds_intervals')
+  assert hpo_table.parse_overrides(' lr=20 , weight_decay=3', 'x') == {
+      'lr': 20.0, 'weight_decay': 3.0}
 
 
 def test_table_descends_the_objective_it_names(tiny_table):
