@@ -259,10 +259,9 @@ def paper_config(config):
   return out
 
 
-def config_intervals(task_name: str) -> dict:
-  """The launch config's shared intervals of every hyperparameter."""
-  intervals = fds_config(task_name).intervals
-  return {k: int(intervals.get(k, 1)) for k in KINDS}
+def config_intervals(config) -> dict:
+  """A config's shared intervals of every hyperparameter."""
+  return {k: int(config.intervals.get(k, 1)) for k in KINDS}
 
 
 def initial_fds_hparams(task, config, init: str) -> dict:
@@ -646,8 +645,7 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
              'eval_seeds': eval_seeds, 'fds_init': fds_init,
              'val_objective': val_objective,
              'fds_step_sizes': config.step_sizes.to_dict(),
-             'fds_intervals': {k: int(config.intervals.get(k, 1))
-                               for k in KINDS},
+             'fds_intervals': config_intervals(config),
              'blackbox_lr_intervals': blackbox_lr_intervals,
              'reverse_checkpoint_every': reverse_ckpt,
              'backend': f'{jax.default_backend()} '
@@ -695,7 +693,8 @@ def merge_results(old: dict, new: dict, command: str) -> dict:
       raise ValueError(f'cannot merge: the default schedule retrained to '
                        f'{now} here and {was} in the existing table; the '
                        f'gains would not be paired.')
-  was = old.get('fds_intervals') or config_intervals(old['task'])
+  was = old.get('fds_intervals') or config_intervals(
+      fds_config(old['task']))
   kept = [m for m in old['methods'] if m in OUTER and m not in new['methods']]
   if any(m in OUTER for m in new['methods']) and kept and new.get(
       'fds_intervals', was) != was:

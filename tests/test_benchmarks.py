@@ -253,14 +253,16 @@ def test_merge_refuses_other_intervals_while_old_outer_rows_stay(
   old = {k: v for k, v in results.items() if k != 'fds_intervals'}
   with pytest.raises(ValueError, match='shared intervals'):
     hpo_table.merge_results(old, new, 'cmd')
-  same = {**new, 'fds_intervals': hpo_table.config_intervals('digits_mlp')}
+  same = {**new, 'fds_intervals': hpo_table.config_intervals(
+      hpo_table.fds_config('digits_mlp'))}
   assert hpo_table.merge_results(old, same, 'cmd')['fds_intervals'] == (
       same['fds_intervals'])
 
 
 def test_fds_intervals_set_the_searched_schedule(tiny_table):
   results, base = tiny_table
-  assert results['fds_intervals'] == hpo_table.config_intervals('digits_mlp')
+  assert results['fds_intervals'] == hpo_table.config_intervals(
+      hpo_table.fds_config('digits_mlp'))
   assert f"shared intervals {results['fds_intervals']}" in open(
       base + '.md').read()
   finer = hpo_table.run_table(
