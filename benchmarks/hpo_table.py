@@ -86,10 +86,28 @@ Writes ``benchmarks/results/hpo_<task>{--tag}.{md,png,json}``. With
 ``--merge --methods m1,m2`` only those methods run (and the default, to
 check the pairing), at the existing table's budget, and their rows replace
 the table's; the table notes the command that produced them.
+
+A long table resumes. While it runs, every finished piece (the measured
+costs, each search of a method and seed, each seed's retrains) is kept in
+``<out_dir>/hpo_<task>{--tag}.partial/`` (``--journal_dir``); the same
+command after a kill loads them and runs only the rest, and the journal is
+removed once the table is written (``--restart`` discards one instead). A
+journal made with other settings is refused, naming them. On a machine
+whose cores one process does not keep busy (XLA on 2 CPU cores: 1.2 times
+the speed of one), shards share the journal and the searches::
+
+    taskset -c 0 python -m benchmarks.hpo_table ARGS --shard 0/2 &
+    taskset -c 1 python -m benchmarks.hpo_table ARGS --shard 1/2
+    python -m benchmarks.hpo_table ARGS      # writes the table
+
+The costs are measured once, by the first shard while the others wait, so
+every search is charged the same; each shard retrains the seeds it
+completes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import json
@@ -108,6 +126,7 @@ import numpy as np
 import optuna
 
 from benchmarks import common
+from benchmarks import journal as journal_lib
 import hypergrad
 from hypergrad._src import registry
 from hypergrad._src import schedule
@@ -160,6 +179,23 @@ _EVAL_SEED_BASE = 10_000
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447,
          7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086,
          30: 2.042}
+
+
+def _cost_keys(method: str) -> set:
+  """The measured ratios ``method`` is charged by."""
+  if method == 'fds_pop':
+    return {'fds_pop', 'fds_pop_single'}
+  if method == 'fds_zero':
+    return {'fds_pop_single'}
+  return {method} if method in OUTER + GREEDY else set()
+
+
+def _cpus() -> int:
+  """CPU cores this process may run on (``taskset`` narrows them)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
 
 
 def eval_inits(hpo_seed: int, n: int) -> list[int]:
@@ -231,6 +267,19 @@ _VAL_OBJECTIVE = flags.DEFINE_enum(
     'hypergrad.experiments.tasks.VAL_OBJECTIVES); empty: the launch '
     'config\'s (cross_entropy unless it says otherwise).')
 _TAG = flags.DEFINE_string('tag', '', 'Suffix of the output file names.')
+_JOURNAL = flags.DEFINE_string(
+    'journal_dir', None, 'Where finished searches and retrains are kept '
+    'while the table runs, so that the same command resumes a killed run '
+    '(default: <out_dir>/hpo_<task><tag>.partial; removed once the table is '
+    'written).')
+_SHARD = flags.DEFINE_string(
+    'shard', '', 'i/n: run every n-th search from the i-th, sharing the '
+    'journal with the other shards (run them side by side, e.g. each under '
+    '`taskset -c i`), then the same command without --shard writes the '
+    'table.')
+_RESTART = flags.DEFINE_bool(
+    'restart', False, 'Delete the journal of an earlier run of this table '
+    'first instead of resuming it.')
 _MERGE = flags.DEFINE_bool(
     'merge', False, 'Run only --methods and put their rows into the '
     'existing table of the task (its budget, seeds and retrain '
@@ -537,8 +586,17 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
               fds_step_sizes: dict | None = None,
               fds_intervals: dict | None = None,
               reverse_checkpoint_every: int = -1, repeats: int = 3,
-              data_dir: str | None = None, log=print) -> dict:
-  """Runs every method for ``seeds`` seeds at one budget; returns results."""
+              data_dir: str | None = None, journal_dir: str | None = None,
+              shard: tuple[int, int] = (0, 1), log=print) -> dict | None:
+  """Runs every method for ``seeds`` seeds at one budget; returns results.
+
+  With ``journal_dir`` every finished piece (costs, each search, each seed's
+  retrains) is kept there and a rerun with the same settings resumes. With
+  ``shard=(i, n)``, n > 1, this process runs every n-th search from the
+  i-th and the retrains of the seeds then complete (n processes share one
+  journal), and returns None: the call without ``shard`` on the same
+  journal finishes what is left and returns the table.
+  """
   unknown = [m for m in methods if m not in METHODS]
   if unknown:
     raise ValueError(f'unknown methods {unknown}; known: {", ".join(METHODS)}.')
@@ -561,6 +619,27 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
   reverse_ckpt = reverse_checkpoint_every or None
   eval_batch = eval_batch or preset.get('eval_batch', 16)
   val_objective = val_objective or config.val_objective
+  settings = {'task': task_name, 'horizon': horizon, 'budget': budget,
+              'fds_outer_steps': fds_outer_steps,
+              'eval_points': eval_points, 'eval_seeds': eval_seeds,
+              'eval_batch': eval_batch,
+              'blackbox_lr_intervals': blackbox_lr_intervals,
+              'hyperband_reports': hyperband_reports,
+              'greedy_scales': list(greedy_scales), 'fds_init': fds_init,
+              'val_objective': val_objective,
+              'fds_step_sizes': config.step_sizes.to_dict(),
+              'fds_intervals': config_intervals(config),
+              'reverse_checkpoint_every': reverse_ckpt,
+              'hypergrad': hypergrad.__version__}
+  index, count = shard
+  if not 0 <= index < count:
+    raise ValueError(f'bad shard {index}/{count}: want 0 <= i < n.')
+  if count > 1 and not journal_dir:
+    raise ValueError('shards share their work through a journal: give '
+                     'journal_dir.')
+  # Opened (and a mismatch refused) before any compute.
+  book = journal_lib.Journal(journal_dir, settings) if journal_dir else None
+
   task = tasks_lib.make_task(task_name, data_dir=data_dir, seed=0,
                              val_fraction=config.val_fraction,
                              val_objective=val_objective)
@@ -568,77 +647,177 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
   log(f'{task_name}: T={horizon}, backend {jax.default_backend()}')
 
   start = time.time()
-  ratios = measure_costs(task, horizon, config, methods, repeats,
-                         reverse_ckpt, log)
-  cost = {m: ratios[m] * horizon for m in OUTER + GREEDY if m in ratios}
-  if 'fds_zero' in methods:
-    # The paper's setting with the same hypergradients at the cheaper exact
-    # estimator's cost (hypergrad.auto: on CPU checkpointed reverse mode).
-    ratios['fds_zero'] = ratios['fds_pop_single']
-    cost['fds_zero'] = ratios['fds_zero'] * horizon
-  if 'fds_pop' in ratios:
-    cost['fds_pop'] = ([ratios['fds_pop_single'] * horizon] * POPULATION_FROM
-                       + [ratios['fds_pop'] * horizon])
-  if not budget:
-    if 'fds' not in ratios:
-      raise ValueError('the default budget is set by FDS\'s cost: include '
-                       'fds in --methods or give --budget.')
-    budget = int(math.ceil(fds_outer_steps * cost['fds']))
+  with book.lock() if book else contextlib.nullcontext():
+    # Every process of a run charges the same costs: measured once (the
+    # methods a resumed run adds, then), kept in the journal.
+    kept = (book.load('costs') if book else None) or {'ratios': {}}
+    missing = [m for m in methods if not _cost_keys(m) <= set(kept['ratios'])]
+    if missing or 'plain_seconds' not in kept['ratios']:
+      ratios = measure_costs(task, horizon, config, missing, repeats,
+                             reverse_ckpt, log)
+      kept['ratios'] = {**ratios, **kept['ratios']}
+      kept['seconds'] = kept.get('seconds', 0.0) + time.time() - start
+    ratios = dict(kept['ratios'])
+    cost = {m: ratios[m] * horizon for m in OUTER + GREEDY if m in ratios}
+    if 'fds_zero' in methods:
+      # The paper's setting with the same hypergradients at the cheaper
+      # exact estimator's cost (hypergrad.auto: on CPU checkpointed reverse
+      # mode).
+      ratios['fds_zero'] = ratios['fds_pop_single']
+      cost['fds_zero'] = ratios['fds_zero'] * horizon
+    if 'fds_pop' in ratios:
+      cost['fds_pop'] = ([ratios['fds_pop_single'] * horizon]
+                         * POPULATION_FROM + [ratios['fds_pop'] * horizon])
+    budget = kept.get('budget') or budget
+    if not budget:
+      if 'fds' not in ratios:
+        raise ValueError('the default budget is set by FDS\'s cost: include '
+                         'fds in --methods or give --budget.')
+      budget = int(math.ceil(fds_outer_steps * cost['fds']))
+    kept['budget'] = budget
+    if book:
+      book.save('costs', kept)
   log(f'budget: {budget} inner-step equivalents '
       f'({budget / horizon:.1f} training runs)')
 
-  runs = {m: [] for m in methods}
-  for seed in range(seeds):
-    for m in methods:
-      t0 = time.time()
-      if m == 'default':
-        checkpoints, info = [(0.0, task.default_hparams())], {}
-      elif m in OUTER:
-        zero = m == 'fds_zero'
-        checkpoints, info = run_outer(
-            task, paper_config(config) if zero else config, horizon, budget,
-            cost[m], (hypergrad.reverse(reverse_ckpt) if m == 'reverse'
-                      else hypergrad.auto() if m in ('fds_pop', 'fds_zero')
-                      else hypergrad.forward()), seed,
-            'config' if zero else fds_init,
-            POPULATION if m == 'fds_pop' else 1)
-      elif m in GREEDY:
-        checkpoints, info = run_greedy(task, m, horizon, budget, cost[m],
-                                       seed, greedy_scales)
-      else:
-        checkpoints, info = run_blackbox(task, m, horizon, budget, seed,
-                                         blackbox_lr_intervals,
-                                         hyperband_reports)
-      seconds = time.time() - t0
-      spent = checkpoints[-1][0] if checkpoints else 0.0
-      runs[m].append({'checkpoints': checkpoints, 'info': info,
-                      'seconds': seconds, 'spent': spent})
-      log(f'seed {seed} {m:<10} spent {spent:9.0f} steps, {seconds:6.1f} s '
-          f'{json.dumps(_jsonable(info))[:150]}')
+  def search_one(seed, m):
+    if m == 'default':
+      return [(0.0, task.default_hparams())], {}
+    if m in OUTER:
+      zero = m == 'fds_zero'
+      return run_outer(
+          task, paper_config(config) if zero else config, horizon, budget,
+          cost[m], (hypergrad.reverse(reverse_ckpt) if m == 'reverse'
+                    else hypergrad.auto() if m in ('fds_pop', 'fds_zero')
+                    else hypergrad.forward()), seed,
+          'config' if zero else fds_init,
+          POPULATION if m == 'fds_pop' else 1)
+    if m in GREEDY:
+      return run_greedy(task, m, horizon, budget, cost[m], seed,
+                        greedy_scales)
+    return run_blackbox(task, m, horizon, budget, seed,
+                        blackbox_lr_intervals, hyperband_reports)
 
   # The same evaluation for every method, paired: within HPO seed i, every
   # method's schedules and the default are retrained from the same
   # initialisations (eval_inits(i)), so gains over the default are paired.
+  # A seed is retrained once all its searches are in; by one process at a
+  # time (the others skip it, or, once nothing else is left, wait for it).
   points = [budget * (j + 1) / eval_points for j in range(eval_points)]
   default = task.default_hparams()
   score = {}
-  t0 = time.time()
-  for seed in range(seeds):
+  eval_seconds = {}
+
+  def wanted_of(seed):
     wanted = {_key(default): default}
-    for rs in runs.values():
-      r = rs[seed]
+    for m in methods:
+      if m == 'default':
+        continue
+      r = done[(seed, m)]
       r['curve'] = [at_budget(r['checkpoints'], b) for b in points]
       r['final'] = at_budget(r['checkpoints'], budget)
       for h in r['curve'] + [r['final']]:
         if h is not None:
           wanted.setdefault(_key(h), h)
-    keys = list(wanted)
-    scores = evaluate(task, [wanted[k] for k in keys], horizon,
-                      eval_inits(seed, eval_seeds), eval_batch)
-    score.update({(seed, k): v for k, v in zip(keys, scores)})
-    for rs in runs.values():
-      rs[seed]['default_final'] = score[(seed, _key(default))]
-  log(f'evaluation: {time.time() - t0:.1f} s')
+    return wanted
+
+  def evaluate_seed(seed, wait):
+    name = f'eval_s{seed}'
+    with book.lock(name, wait) if book else contextlib.nullcontext(True) as ok:
+      if not ok:
+        return False
+      have = (book.load(name) if book else None) or {'scores': {},
+                                                     'seconds': 0.0}
+      wanted = wanted_of(seed)
+      todo = [k for k in wanted if k.hex() not in have['scores']]
+      if todo:
+        t0 = time.time()
+        scores = evaluate(task, [wanted[k] for k in todo], horizon,
+                          eval_inits(seed, eval_seeds), eval_batch)
+        have['scores'].update({k.hex(): [float(x) for x in v]
+                               for k, v in zip(todo, scores)})
+        have['seconds'] += time.time() - t0
+        if book:
+          book.save(name, have)
+      score.update({(seed, k): have['scores'][k.hex()] for k in wanted})
+      eval_seconds[seed] = have['seconds']
+      return True
+
+  searches = [(seed, m) for seed in range(seeds) for m in methods
+              if m != 'default']
+  done = {}
+  resumed = 0
+  mine_last = {seed: (seed, m) for i, (seed, m) in enumerate(searches)
+               if i % count == index}
+
+  def decoded(entry):
+    return dict(entry, checkpoints=[
+        (c, journal_lib.decode_hparams(h, task.dtype))
+        for c, h in entry['checkpoints']])
+
+  for i, (seed, m) in enumerate(searches):
+    name = f'search_s{seed}_{m}'
+    entry = book.load(name) if book else None
+    if entry is None:
+      if i % count != index:
+        continue  # another shard's
+      t0 = time.time()
+      checkpoints, info = search_one(seed, m)
+      seconds = time.time() - t0
+      entry = {'checkpoints': [(c, journal_lib.encode_hparams(h))
+                               for c, h in checkpoints],
+               'info': json.loads(json.dumps(_jsonable(info), default=float)),
+               'seconds': seconds, 'spent': checkpoints[-1][0]
+               if checkpoints else 0.0, 'shard': f'{index}/{count}',
+               'cpus': _cpus()}
+      if book:
+        book.save(name, entry)
+      log(f'seed {seed} {m:<10} spent {entry["spent"]:9.0f} steps, '
+          f'{seconds:6.1f} s {json.dumps(entry["info"])[:150]}')
+    else:
+      resumed += 1
+    # Read back as the journal has it, so a resumed run and an unbroken
+    # one evaluate the very same numbers.
+    done[(seed, m)] = decoded(entry)
+    if book and (seed, m) == mine_last.get(seed):
+      # This process's last search of the seed: retrain it now (a kill
+      # keeps it) if other shards have finished theirs, while they go on
+      # searching.
+      if all(book.load(f'search_s{seed}_{o}') for o in methods
+             if o != 'default'):
+        for o in methods:
+          if o != 'default' and (seed, o) not in done:
+            done[(seed, o)] = decoded(book.load(f'search_s{seed}_{o}'))
+        evaluate_seed(seed, wait=False)
+  if resumed:
+    log(f'resumed {resumed} of {len(searches)} searches from {journal_dir}')
+
+  complete = [s for s in range(seeds)
+              if all((s, m) in done for m in methods if m != 'default')]
+  for seed in complete:
+    evaluate_seed(seed, wait=False)
+  if count > 1:
+    # One process writes the table (and removes the journal): the command
+    # without --shard, which finds every piece done or finishes it.
+    log(f'shard {index}/{count} done ({len(searches) - len(done)} of '
+        f'{len(searches)} searches were not finished by other shards when '
+        f'it looked). Once every shard is done, the same command without '
+        f'--shard writes the table.')
+    return None
+  for seed in range(seeds):
+    if not any(s == seed for s, _ in score):
+      evaluate_seed(seed, wait=True)
+  for seed in range(seeds):
+    for m in methods:
+      if m != 'default':
+        done[(seed, m)]['default_final'] = score[(seed, _key(default))]
+  log(f'evaluation: {sum(eval_seconds.values()):.1f} s')
+  runs = {m: [done[(seed, m)] if m != 'default' else
+              {'checkpoints': [(0.0, default)], 'info': {}, 'seconds': 0.0,
+               'spent': 0.0, 'curve': [default] * eval_points,
+               'final': default,
+               'default_final': score[(seed, _key(default))]}
+              for seed in range(seeds)] for m in methods}
 
   results = {'task': task_name, 'horizon': horizon, 'budget': budget,
              'seeds': seeds, 'ratios': ratios, 'points': points,
@@ -669,7 +848,14 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
                        for k, v in (r['final'] or {}).items()
                        if np.size(v) <= 16}})
     results['methods'][m] = per_seed
-  results['total_seconds'] = time.time() - start
+  # Compute spent on this table, resumed pieces included (processes that
+  # ran side by side add up).
+  results['total_seconds'] = (kept.get('seconds', 0.0) + sum(
+      eval_seconds.values()) + sum(
+      r['seconds'] for r in done.values()))
+  results['search_processes'] = sorted(
+      {f"shard {r['shard']} on {r['cpus']} CPU cores" for r in done.values()
+       if 'shard' in r})
   return results
 
 
@@ -868,7 +1054,7 @@ def write(results, out_dir, command, tag=''):
       f"# HPO at equal budget: {r['task']}\n\n"
       f"Produced by `{command}` in {r['total_seconds'] / 60:.1f} min on "
       f"{r['backend']}, {os.cpu_count()} CPU cores (shared: timings are "
-      f"noisy).\n\n"
+      f"noisy){_processes_note(r)}.\n\n"
       f"Horizon T = {r['horizon']} inner steps; budget {r['budget']:,} "
       f"inner-step equivalents per method and seed "
       f"({r['budget'] / r['horizon']:.1f} training runs). Measured cost of "
@@ -903,6 +1089,17 @@ def write(results, out_dir, command, tag=''):
   return base
 
 
+def _processes_note(r) -> str:
+  # Shards ran side by side: their minutes add up, the wall time is less.
+  shards = r.get('search_processes') or []
+  if len(shards) < 2:
+    return ''
+  return (f"; the searches ran in {len(shards)} processes side by side "
+          f"({'; '.join(shards)}), whose compute the minutes add up; the "
+          f"costs were measured once, by one process while the others "
+          f"waited")
+
+
 def _intervals_note(r) -> str:
   # Tables written before the field was recorded used the launch config's.
   if 'fds_intervals' not in r:
@@ -923,6 +1120,23 @@ def parse_overrides(text: str, flag: str) -> dict:
       raise app.UsageError(f'--{flag}: bad entry {item!r}; expected '
                            f'name=number, e.g. lr=0.1.') from None
   return out
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+  """``'1/2'`` as ``(1, 2)``; ``''`` as ``(0, 1)`` (the whole table)."""
+  if not text:
+    return 0, 1
+  i, slash, n = text.partition('/')
+  try:
+    if not slash:
+      raise ValueError
+    index, count = int(i), int(n)
+  except ValueError:
+    raise app.UsageError(f'--shard: bad value {text!r}; expected i/n, e.g. '
+                         f'0/2.') from None
+  if not 0 <= index < count:
+    raise app.UsageError(f'--shard {text}: want 0 <= i < n.')
+  return index, count
 
 
 def _produced_by(json_path: str) -> str | None:
@@ -959,6 +1173,11 @@ def main(argv):
     with open(path) as f:
       old = json.load(f)
     budget = budget or old['budget']
+  shard = parse_shard(_SHARD.value)
+  journal_dir = _JOURNAL.value or os.path.join(
+      _OUT_DIR.value, f'hpo_{_TASK.value}{_TAG.value}.partial')
+  if _RESTART.value:
+    journal_lib.Journal.delete(journal_dir)
   methods = _METHODS.value
   if old is not None and 'default' not in methods:
     methods = ['default'] + list(methods)  # to check the pairing
@@ -975,7 +1194,10 @@ def main(argv):
                                      'fds_step_sizes'),
       fds_intervals=parse_overrides(_FDS_INTERVALS.value, 'fds_intervals'),
       reverse_checkpoint_every=_REVERSE_CKPT.value, repeats=_REPEATS.value,
-      data_dir=_DATA_DIR.value, log=lambda s: print(s, flush=True))
+      data_dir=_DATA_DIR.value, journal_dir=journal_dir, shard=shard,
+      log=lambda s: print(s, flush=True))
+  if results is None:
+    return  # a shard: the table is written by the command without --shard
   command = ('python -m benchmarks.hpo_table ' + ' '.join(sys.argv[1:])
              ).strip()
   if old is not None:
@@ -985,6 +1207,7 @@ def main(argv):
   base = write(results, _OUT_DIR.value, command, _TAG.value)
   print(table(results))
   print(f'wrote {base}.md, .png and .json')
+  journal_lib.Journal.delete(journal_dir)
 
 
 if __name__ == '__main__':

@@ -5,6 +5,7 @@ comparison is what it says: every method within the same budget, the greedy
 grid filling it, every row in the table, and the accuracy section right.
 """
 
+import json
 import math
 import os
 import subprocess
@@ -318,3 +319,159 @@ def test_outer_spend_charges_each_step_its_own_cost():
   assert hpo_table.outer_spend([1.0, 1.0, 10.0], 23.0) == [1.0, 2.0, 12.0,
                                                           22.0]
   assert hpo_table.outer_spend([5.0], 4.0) == []
+
+
+# A table small enough to run three times, at fixed costs so that runs in
+# separate calls are comparable (measured costs differ run to run).
+_JOURNAL_TABLE = dict(
+    horizon=40, budget=2000, seeds=2, eval_points=2, eval_seeds=1,
+    hyperband_reports=3, methods=('default', 'fds_pop', 'rtho', 'random'),
+    log=lambda s: None)
+_FIXED_COSTS = {'plain_seconds': 0.01, 'fds_pop': 100.0,
+                'fds_pop_single': 30.0, 'rtho': 5.0}
+
+
+def _same_rows(a, b):
+  keys = ('test_accuracy', 'test_loss', 'default_test_accuracy', 'curve',
+          'schedule', 'spent', 'info')
+  assert list(a['methods']) == list(b['methods'])
+  for m in a['methods']:
+    for ra, rb in zip(a['methods'][m], b['methods'][m]):
+      assert {k: ra[k] for k in keys} == {k: rb[k] for k in keys}, m
+
+
+@pytest.fixture(scope='module')
+def unbroken_table():
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(hpo_table, 'measure_costs',
+               lambda *a, **k: dict(_FIXED_COSTS))
+    return hpo_table.run_table('digits_mlp', **_JOURNAL_TABLE)
+
+
+_SEARCHES = {name: getattr(hpo_table, name)
+             for name in ('run_outer', 'run_greedy', 'run_blackbox')}
+
+
+def _record_searches(monkeypatch, ran, fail=False):
+  for name, real in _SEARCHES.items():
+
+    def wrapped(task, *args, real=real, name=name):
+      if fail:
+        pytest.fail(f'{name} ran again')
+      ran.append(name)
+      return real(task, *args)
+    monkeypatch.setattr(hpo_table, name, wrapped)
+
+
+def test_killed_table_resumes_from_its_journal_with_nothing_lost(
+    tmp_path, monkeypatch, unbroken_table):
+  journal = str(tmp_path / 'journal')
+  monkeypatch.setattr(hpo_table, 'measure_costs',
+                      lambda *a, **k: dict(_FIXED_COSTS))
+  real = hpo_table.run_greedy
+  greedy_calls = []
+
+  def killed(*args):
+    greedy_calls.append(args[5])  # the HPO seed
+    if args[5] == 1:
+      raise KeyboardInterrupt  # killed during seed 1's RTHO
+    return real(*args)
+  monkeypatch.setattr(hpo_table, 'run_greedy', killed)
+  with pytest.raises(KeyboardInterrupt):
+    hpo_table.run_table('digits_mlp', journal_dir=journal, **_JOURNAL_TABLE)
+  finished = sorted(f for f in os.listdir(journal) if f.startswith('search'))
+  assert finished == ['search_s0_fds_pop.json', 'search_s0_random.json',
+                      'search_s0_rtho.json', 'search_s1_fds_pop.json']
+  monkeypatch.setattr(hpo_table, 'run_greedy', real)
+  # The rerun measures no costs and runs only what was left.
+  monkeypatch.setattr(hpo_table, 'measure_costs', lambda *a, **k: pytest.fail(
+      'costs measured again'))
+  ran = []
+  _record_searches(monkeypatch, ran)
+  resumed = hpo_table.run_table('digits_mlp', journal_dir=journal,
+                                **_JOURNAL_TABLE)
+  assert ran == ['run_greedy', 'run_blackbox']
+  # The same table as a run never killed, at the same costs.
+  _same_rows(resumed, unbroken_table)
+  # Once complete, the journal alone gives the table: nothing is retrained.
+  monkeypatch.setattr(hpo_table, 'evaluate', lambda *a: pytest.fail(
+      'retrained again'))
+  _record_searches(monkeypatch, [], fail=True)
+  _same_rows(hpo_table.run_table('digits_mlp', journal_dir=journal,
+                                 **_JOURNAL_TABLE), resumed)
+
+
+def test_shards_split_the_searches_and_add_up_to_the_table(
+    tmp_path, monkeypatch, unbroken_table):
+  journal = str(tmp_path / 'journal')
+  monkeypatch.setattr(hpo_table, 'measure_costs',
+                      lambda *a, **k: dict(_FIXED_COSTS))
+  ran = {}
+  for shard in ((0, 2), (1, 2)):
+    ran[shard] = []
+    _record_searches(monkeypatch, ran[shard])
+    assert hpo_table.run_table('digits_mlp', journal_dir=journal,
+                               shard=shard, **_JOURNAL_TABLE) is None
+  # 2 seeds x 3 searched methods, every other one each.
+  assert len(ran[(0, 2)]) == len(ran[(1, 2)]) == 3
+  # The command without --shard only assembles (both seeds were retrained
+  # by the shard that finished them).
+  monkeypatch.setattr(hpo_table, 'evaluate', lambda *a: pytest.fail(
+      'retrained again'))
+  _record_searches(monkeypatch, [], fail=True)
+  table = hpo_table.run_table('digits_mlp', journal_dir=journal,
+                              **_JOURNAL_TABLE)
+  _same_rows(table, unbroken_table)
+  assert [p.split(' on ')[0] for p in table['search_processes']] == [
+      'shard 0/2', 'shard 1/2']
+
+
+def test_journal_of_other_settings_refused_before_any_compute(
+    tmp_path, monkeypatch):
+  journal = str(tmp_path / 'journal')
+
+  class Stop(Exception):
+    pass
+
+  def stop(*args, **kwargs):
+    raise Stop
+  # The journal is bound to its settings before the data loads.
+  monkeypatch.setattr(hpo_table.tasks_lib, 'make_task', stop)
+  with pytest.raises(Stop):
+    hpo_table.run_table('digits_mlp', journal_dir=journal, **_JOURNAL_TABLE)
+  monkeypatch.setattr(hpo_table.tasks_lib, 'make_task',
+                      lambda *a, **k: pytest.fail('data loaded'))
+  other = dict(_JOURNAL_TABLE, horizon=80, eval_seeds=3)
+  with pytest.raises(hpo_table.journal_lib.SettingsMismatch,
+                     match=r'eval_seeds=1 \(here 3\), horizon=40 '
+                           r'\(here 80\)'):
+    hpo_table.run_table('digits_mlp', journal_dir=journal, **other)
+
+
+@pytest.mark.parametrize('shard', [(2, 2), (-1, 2), (0, 0)])
+def test_bad_shard_refused(shard, tmp_path):
+  with pytest.raises(ValueError, match='bad shard'):
+    hpo_table.run_table('digits_mlp', journal_dir=str(tmp_path),
+                        shard=shard, **_JOURNAL_TABLE)
+
+
+def test_shards_need_a_journal():
+  with pytest.raises(ValueError, match='journal'):
+    hpo_table.run_table('digits_mlp', shard=(0, 2), **_JOURNAL_TABLE)
+
+
+@pytest.mark.parametrize('text', ['2', '0/x', '2/2', 'a/b/c'])
+def test_bad_shard_flag_names_the_value(text):
+  with pytest.raises(app.UsageError, match='--shard'):
+    hpo_table.parse_shard(text)
+
+
+def test_journal_keeps_schedules_bit_for_bit(tmp_path):
+  rng = np.random.default_rng(0)
+  for dtype in (np.float32, np.float64):
+    h = {'lr': rng.lognormal(size=7).astype(dtype),
+         'momentum': np.asarray(0.9, dtype)}
+    back = hpo_table.journal_lib.decode_hparams(
+        json.loads(json.dumps(hpo_table.journal_lib.encode_hparams(h))),
+        dtype)
+    assert hpo_table._key(back) == hpo_table._key(h)
