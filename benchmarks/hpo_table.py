@@ -783,11 +783,10 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
       # This process's last search of the seed: retrain it now (a kill
       # keeps it) if other shards have finished theirs, while they go on
       # searching.
-      if all(book.load(f'search_s{seed}_{o}') for o in methods
-             if o != 'default'):
-        for o in methods:
-          if o != 'default' and (seed, o) not in done:
-            done[(seed, o)] = decoded(book.load(f'search_s{seed}_{o}'))
+      rest = {o: book.load(f'search_s{seed}_{o}') for o in methods
+              if o != 'default' and (seed, o) not in done}
+      if all(rest.values()):
+        done.update({(seed, o): decoded(e) for o, e in rest.items()})
         evaluate_seed(seed, wait=False)
   if resumed:
     log(f'resumed {resumed} of {len(searches)} searches from {journal_dir}')
@@ -795,7 +794,8 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
   complete = [s for s in range(seeds)
               if all((s, m) in done for m in methods if m != 'default')]
   for seed in complete:
-    evaluate_seed(seed, wait=False)
+    if seed not in eval_seconds:
+      evaluate_seed(seed, wait=False)
   if count > 1:
     # One process writes the table (and removes the journal): the command
     # without --shard, which finds every piece done or finishes it.
@@ -805,7 +805,7 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
         f'--shard writes the table.')
     return None
   for seed in range(seeds):
-    if not any(s == seed for s, _ in score):
+    if seed not in eval_seconds:
       evaluate_seed(seed, wait=True)
   for seed in range(seeds):
     for m in methods:
