@@ -854,7 +854,8 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
       eval_seconds.values()) + sum(
       r['seconds'] for r in done.values()))
   results['search_processes'] = sorted(
-      {f"shard {r['shard']} on {r['cpus']} CPU cores" for r in done.values()
+      {f"shard {r['shard']} on {r['cpus']} CPU "
+       f"core{'s' if r['cpus'] != 1 else ''}" for r in done.values()
        if 'shard' in r})
   return results
 
@@ -1094,10 +1095,10 @@ def _processes_note(r) -> str:
   shards = r.get('search_processes') or []
   if len(shards) < 2:
     return ''
-  return (f"; the searches ran in {len(shards)} processes side by side "
-          f"({'; '.join(shards)}), whose compute the minutes add up; the "
-          f"costs were measured once, by one process while the others "
-          f"waited")
+  return (f"; the searches were shared among {len(shards)} processes "
+          f"({'; '.join(shards)}), whose compute the minutes add up (they "
+          f"ran side by side: the wall time was less); the costs were "
+          f"measured once, by one process while the others waited")
 
 
 def _intervals_note(r) -> str:
