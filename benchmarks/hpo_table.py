@@ -681,8 +681,6 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
       f'({budget / horizon:.1f} training runs)')
 
   def search_one(seed, m):
-    if m == 'default':
-      return [(0.0, task.default_hparams())], {}
     if m in OUTER:
       zero = m == 'fds_zero'
       return run_outer(

@@ -10,7 +10,7 @@ read-modify-write steps hold a file lock that the system releases if the
 holder dies.
 
 The journal is bound to the settings that produced it: opening it with other
-settings is refused, naming the first that differs, before any compute.
+settings is refused, naming each that differs, before any compute.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-_SETTINGS = 'settings.json'
+_SETTINGS = 'settings'
 
 
 class SettingsMismatch(ValueError):
@@ -39,9 +39,9 @@ class Journal:
     os.makedirs(path, exist_ok=True)
     settings = json.loads(json.dumps(settings))  # as it reads back
     with self.lock():
-      old = self.load(_SETTINGS[:-len('.json')])
+      old = self.load(_SETTINGS)
       if old is None:
-        self.save(_SETTINGS[:-len('.json')], settings)
+        self.save(_SETTINGS, settings)
       else:
         differ = [f'{key}={old.get(key)!r} (here {settings.get(key)!r})'
                   for key in sorted(set(old) | set(settings))
