@@ -6,7 +6,9 @@ For the MLP 64-128-128-10 of ``benchmarks/common.py`` at T = 1,000, times
 learning-rate intervals + momentum + weight decay). The three programs of a
 K are compiled ahead of time and timed in interleaved rounds (best of
 ``--rounds``), so a burst of load on a shared machine hits them alike. The
-table is what :mod:`hypergrad._src.auto` is calibrated on.
+last columns say what ``hypergrad.auto()`` chooses there from its own probe
+(a few measured inner steps) and its estimates: the check that its choice
+follows the measured costs on this device.
 
     python -m benchmarks.crossover                # ~4 min on 2 CPU cores
     python -m benchmarks.crossover --steps 300 --rounds 2   # quick look
@@ -31,7 +33,8 @@ _LR_INTERVALS = flags.DEFINE_list('lr_intervals', ['1', '7', '15', '31'],
 
 
 def measure(steps: int, lr_intervals, rounds: int):
-  """Rows ``[K, K begun (mean), plain ms, forward x, reverse x, faster]``."""
+  """Rows ``[K, K begun (mean), plain ms, forward x, reverse x, faster,
+  auto's estimates, auto's choice]``."""
   step_fn, loss_fn, state = common.mlp_problem()
   c = round(math.sqrt(steps))
   programs = {
@@ -54,9 +57,12 @@ def measure(steps: int, lr_intervals, rounds: int):
         best[k] = min(best[k], time.perf_counter() - start)
     begun = sum(1.0 - s / steps for s in hypergrad.interval_starts(n, steps))
     fwd, rev = best['forward'] / best['plain'], best['reverse'] / best['plain']
+    choice = hypergrad.auto().choose(step_fn, loss_fn, state, hp, steps)
     rows.append([n + 2, f'{begun + 2:.1f}', f'{best["plain"] * 1e3:.0f}',
                  f'{fwd:.1f}', f'{rev:.1f}',
-                 'forward' if fwd < rev else 'reverse'])
+                 'forward' if fwd < rev else 'reverse',
+                 f'{choice.forward_cost:.1f} / {choice.reverse_cost:.1f}',
+                 type(choice.estimator).__name__.lower()])
   return rows
 
 
@@ -69,7 +75,8 @@ def main(argv):
   rows = measure(steps, [int(n) for n in _LR_INTERVALS.value], _ROUNDS.value)
   print(common.markdown_table(
       ['K', 'begun (mean)', 'plain ms', 'forward / plain',
-       'reverse / plain', 'faster'], rows))
+       'reverse / plain', 'faster', 'auto estimates fwd / rev',
+       'auto chooses'], rows))
 
 
 if __name__ == '__main__':

@@ -4,18 +4,21 @@ For an MLP 64-128-128-10 (tanh, batch 64) trained by SGD with momentum, prints
 for K = 9 tangents (7 lr intervals + momentum + weight decay, the FDS default)
 and K = 32 (30 + 1 + 1):
 
-* the compile time (trace, lower and compile) of ``forward_hypergrad`` and of
-  the plain jitted training unroll of the same steps;
-* time(forward_hypergrad) / time(plain unroll), for the interval-skipping
-  scheme and the naive one (every tangent carried from step 0);
+* the compile time (trace, lower and compile) of the forward hypergradient,
+  with each tangent push (``'rows'``, CPU's default, and ``'batch'``,
+  the accelerators'), and of the plain jitted training unroll of the same
+  steps;
+* time(forward) / time(plain unroll) for each push, and for the naive
+  scheme (every tangent carried from step 0, the platform's push);
 
 the arithmetic floor of exact forward mode (:func:`flop_floor`: XLA's
 flop count of a tangent push against a plain step); and the compiled peak
 memory at T = 1,000 and T = 10,000.
 
-Targets: compile time at most 4x the plain unroll's (issue 14); run ratio
-<= 9 for K = 9 and <= 49 for K = 32, memory at T = 10,000 within 10% of
-T = 1,000 (issue 2).
+Targets: compile time at most 4x the plain unroll's; run ratio <= 12 for
+K = 9 and <= 33 for K = 32 (issue 25: at the flop floor); memory at
+T = 10,000 within 10% of T = 1,000 (issue 2). Results:
+``benchmarks/results/forward_push.md``.
 
 The persistent compilation cache is on (``common.enable_compilation_cache``):
 a second run reads the programs back and its compile times drop accordingly.
@@ -36,7 +39,8 @@ import hypergrad
 
 
 def measure(steps: int, lr_intervals, repeats: int):
-  """Rows ``[K, plain ms, forward ms, ratio, naive ms, naive ratio]``."""
+  """Rows ``[K, plain ms, rows ms, ratio, batch ms, ratio, naive ms, ratio]``.
+  """
   step_fn, loss_fn, state = common.mlp_problem()
   plain = jax.jit(lambda s, h: loss_fn(hypergrad.unroll(step_fn, s, h, steps)))
   rows = []
@@ -46,9 +50,9 @@ def measure(steps: int, lr_intervals, repeats: int):
     # often, or one slow repeat on a shared machine moves every ratio.
     t_plain = common.best_time(lambda: plain(state, hp), 3 * repeats)
     row = [n + 2, f'{t_plain * 1e3:.0f}']
-    for skip in (True, False):
-      fwd = lambda: hypergrad.forward_hypergrad(
-          step_fn, loss_fn, state, hp, steps, skip_unstarted=skip)
+    for push, skip in (('rows', True), ('batch', True), (None, False)):
+      est = hypergrad.forward(skip_unstarted=skip, push=push)
+      fwd = lambda: est(step_fn, loss_fn, state, hp, steps).hypergrads
       t = common.best_time(fwd, repeats)
       row += [f'{t * 1e3:.0f}', f'{t / t_plain:.1f}']
     rows.append(row)
@@ -95,7 +99,7 @@ def flop_floor(steps: int, lr_intervals):
 
 
 def compile_times(steps: int, lr_intervals):
-  """Rows ``[K, plain compile s, forward compile s, forward / plain]``."""
+  """Rows ``[K, plain s, rows s, rows / plain, batch s, batch / plain]``."""
   step_fn, loss_fn, state = common.mlp_problem()
   # The first compile of a process also pays for XLA's one-time set-up:
   # spend it on a 2-step unroll so that it is in neither column.
@@ -108,11 +112,14 @@ def compile_times(steps: int, lr_intervals):
     t_plain = common.compile_time(
         lambda s, h: loss_fn(hypergrad.unroll(step_fn, s, h, steps)), state,
         hp)
-    t_fwd = common.compile_time(
-        lambda s, h: hypergrad.forward_hypergrad(step_fn, loss_fn, s, h,
-                                                 steps), state, hp)
-    rows.append([n + 2, f'{t_plain:.2f}', f'{t_fwd:.2f}',
-                 f'{t_fwd / t_plain:.1f}'])
+    row = [n + 2, f'{t_plain:.2f}']
+    for push in ('rows', 'batch'):
+      est = hypergrad.forward(push=push)
+      t_fwd = common.compile_time(
+          lambda s, h: est.compute(step_fn, loss_fn, s, h, steps).hypergrads,
+          state, hp)
+      row += [f'{t_fwd:.2f}', f'{t_fwd / t_plain:.1f}']
+    rows.append(row)
   return rows
 
 
@@ -153,12 +160,12 @@ def main(argv):
         f'T = {steps}, compilation cache: {folder or "off"}')
   # Compiled first, so nothing else has warmed a cache for these programs.
   print(common.markdown_table(
-      ['K', 'plain compile s', 'forward compile s', 'forward / plain'],
-      compile_times(steps, ns)))
+      ['K', 'plain compile s', 'rows compile s', 'rows / plain',
+       'batch compile s', 'batch / plain'], compile_times(steps, ns)))
   rows = measure(steps, ns, FLAGS.repeats)
   print(common.markdown_table(
-      ['K', 'plain ms', 'forward ms', 'ratio', 'naive ms', 'naive ratio'],
-      rows))
+      ['K', 'plain ms', 'rows ms', 'rows ratio', 'batch ms', 'batch ratio',
+       'naive ms', 'naive ratio'], rows))
   print(common.markdown_table(
       ['K', 'begun tangents (mean)', 'tangent / plain step flops',
        'exact forward floor (x plain)'], flop_floor(steps, ns)))

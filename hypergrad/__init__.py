@@ -11,6 +11,7 @@ The core imports jax, optax, chex and numpy only. The experiment kit
 
 from hypergrad._src.auto import Auto
 from hypergrad._src.auto import AutoChoice
+from hypergrad._src.auto import ProbeTimes
 from hypergrad._src.auto import auto
 from hypergrad._src.estimator import Estimator
 from hypergrad._src.estimator import HypergradResult
@@ -96,6 +97,7 @@ __all__ = (
     'PopulationAggregate',
     'PopulationResult',
     'PopulationStats',
+    'ProbeTimes',
     'Progress',
     'ProjectState',
     'RTHOState',

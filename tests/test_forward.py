@@ -208,8 +208,9 @@ class OneCompiledUnrollTest(parameterized.TestCase):
   @parameterized.parameters(None, 3)
   def test_compiles_one_unroll_whatever_the_intervals(self, chunk):
     # The old scheme traced (and compiled) one scan body per interval
-    # boundary; now the step is traced the same number of times for 1 or 9
-    # learning-rate intervals, and for one chunk or several.
+    # boundary; the row push traces the step the same number of times for 1
+    # or 9 learning-rate intervals, and for one chunk or several (the batch
+    # push's few batch sizes: tests/test_forward_push.py).
     step_fn, loss_fn, state = helpers.sgd_problem()
     counts = []
     for n in (1, 9):
@@ -220,9 +221,10 @@ class OneCompiledUnrollTest(parameterized.TestCase):
         return step_fn(s, h, t)
 
       for lr in (0.05, 0.07):  # new values: no retrace
-        hypergrad.forward(chunk)(counted, loss_fn, state,
-                                 {'lr': jnp.full((n,), lr),
-                                  'momentum': jnp.array([0.5])}, 18)
+        hypergrad.forward(chunk, push='rows')(counted, loss_fn, state,
+                                             {'lr': jnp.full((n,), lr),
+                                              'momentum': jnp.array([0.5])},
+                                             18)
         counts.append(len(traces))
     self.assertEqual(counts[0], counts[1])  # n = 1, new values
     self.assertEqual(counts[2], counts[3])  # n = 9, new values
@@ -514,6 +516,55 @@ class AutoTest(parameterized.TestCase):
     chex.assert_trees_all_close(out.hypergrads, ref.hypergrads, rtol=1e-10,
                                 atol=1e-14)
     self.assertEqual(int(out.info.nonfinite_step), -1)
+
+  @parameterized.parameters((0.5, 'Forward'), (3.0, 'Reverse'))
+  def test_choice_follows_the_probe(self, tangent, chosen):
+    # Reverse costs 6 plain unrolls; forward 1 + tangent * 4.6 begun.
+    times = auto_lib.ProbeTimes('fake device', 1e-3, tangent * 1e-3, 6e-3, 5)
+    est = hypergrad.auto(memory_budget_bytes=2**40,
+                         measure=lambda *args: times)
+    c = est.choose(*self.args)
+    self.assertEqual(type(c.estimator).__name__, chosen)
+    self.assertIs(c.probe, times)
+    self.assertAlmostEqual(c.reverse_cost, 6.0)
+    self.assertIn('measured on fake device', c.reason)
+    self.assertIn(f'+{tangent:.2f} plain steps per tangent', c.reason)
+
+  def test_probe_measures_this_device_once(self):
+    step_fn, _, state, hparams, t = self.args
+    first = auto_lib.probe(step_fn, state, hparams, t, 5)
+    self.assertEqual(first.device, jax.devices()[0].device_kind)
+    self.assertGreater(first.plain, 0)
+    self.assertGreater(first.reverse, first.plain)
+    self.assertGreaterEqual(first.tangent, 0)
+    self.assertIs(auto_lib.probe(step_fn, state, hparams, t, 5), first)
+
+  def test_thousands_of_values_choose_reverse(self):
+    # One weight per training example (the hyper-cleaning setting): a
+    # tangent per weight would cost thousands of plain runs.
+    step_fn, loss_fn, state = helpers.sgd_problem()
+    hparams = {'lr': jnp.full((2000,), 0.05)}
+    c = hypergrad.auto().choose(step_fn, loss_fn, state, hparams, 2000)
+    self.assertIsInstance(c.estimator, hypergrad.Reverse)
+    self.assertIn('K=2000 tangents', c.reason)
+    self.assertIn('reverse: faster', c.reason)
+    self.assertGreater(c.forward_cost, 50 * c.reverse_cost)
+
+  def test_training_data_is_not_residual_memory(self):
+    # The data a step closes over is kept once, not once per step.
+    x = jnp.ones((5000, 50))
+    small = auto_lib.step_residual_bytes(
+        lambda w, h, t: w - h['lr'] * jnp.mean(x[:8] @ w), jnp.ones(50),
+        {'lr': jnp.ones(1)}, 10)
+    big = auto_lib.step_residual_bytes(
+        lambda w, h, t: w - h['lr'] * jnp.mean(x @ w), jnp.ones(50),
+        {'lr': jnp.ones(1)}, 10)
+    self.assertLess(small, x.nbytes // 100)
+    self.assertLess(big, x.nbytes // 10)
+
+  def test_measure_must_be_callable(self):
+    with pytest.raises(TypeError, match="measure='cpu'"):
+      hypergrad.auto(measure='cpu')
 
   def test_device_budget_default_on_cpu(self):
     budget, source = auto_lib.memory_budget()

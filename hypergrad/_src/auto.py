@@ -5,44 +5,32 @@ cost. For ``K`` scalar hyperparameter values over a horizon ``T`` with a
 state of ``|s|`` bytes and ``r`` bytes of residuals per step:
 
 * forward mode pushes one tangent per begun value through every step: time
-  grows with the number of tangents begun (``K_b``, averaged over the run),
-  memory is ``~ (K + 2) |s| + r``, flat in ``T``;
-* reverse mode with ``checkpoint_every = c = round(sqrt(T))`` costs about one
-  extra forward pass whatever ``K``, and stores ``~ (T / c) |s| + c r``.
+  ``~ T (p + a K_b)`` for a plain step of ``p`` seconds, ``a`` seconds per
+  tangent and ``K_b`` tangents begun on average; memory ``~ (K + 2) |s| + r``,
+  flat in ``T``;
+* reverse mode with ``checkpoint_every = c = round(sqrt(T))`` costs
+  ``~ T q`` for ``q`` seconds per step of the checkpointed backward pass
+  (one extra forward pass included) whatever ``K``, and stores
+  ``~ (T / c) |s| + c r``.
 
-:func:`auto` estimates both from shapes alone (no FLOPs: ``r`` comes from an
-abstract trace of one step's ``jax.vjp``), drops the ones that do not fit the
-memory budget, and takes the faster of the rest. The time model, in units of
-one plain jitted training unroll of the same ``T`` steps, is calibrated on
-the MLP 64-128-128-10 of ``benchmarks/common.py`` at ``T = 1,000`` on 2 CPU
-cores (``python -m benchmarks.crossover``; two runs on a machine shared with
-other jobs, best of 3 interleaved rounds each, the range of the two runs in
-brackets):
-
-=====  ============  ==================  =========================  =========
-K      K begun       forward / plain     reverse (c=32) / plain     faster
-=====  ============  ==================  =========================  =========
-3      3.0           9.5 (9.5-9.6)       4.8 (4.7-4.8)              reverse
-9      6.0           12.4 (12.4-16.9)    4.6 (4.6-5.9)              reverse
-17     10.0          24.4 (24.4-34.2)    4.8 (4.8-12.6)             reverse
-33     18.0          37.3 (37.3-44.1)    4.4 (4.4-5.4)              reverse
-=====  ============  ==================  =========================  =========
-
-so forward ``~ 3.5 + 1.9 K_b`` and checkpointed reverse ``~ 4.7``: on CPU
-reverse mode is faster from ``K_b ~ 1`` on, and forward mode is chosen for a
-single tangent, or when reverse mode's checkpoints do not fit the budget
-(very long horizons, a large state, little memory). Accelerators change the
-constants (a tangent batch fills a GPU better than it does 2 CPU cores);
-pass ``prefer`` where you have measured otherwise.
+:func:`auto` measures ``p``, ``a`` and ``q`` on the device it runs on (a
+probe of a few inner steps of each, see :func:`probe`, cached per problem
+shape and device kind), drops the estimators that do not fit the memory
+budget, and takes the faster of the rest. On 2 CPU cores a tangent costs
+about 1.5-3 plain steps and a reverse step about 5, so reverse mode wins
+from a few tangents on; on a GPU a batch of tangents fills the device and
+forward mode wins far longer (figures: ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, NamedTuple
+import time
+from typing import Any, Callable, NamedTuple
 
 import jax
+from jax.extend import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
@@ -61,11 +49,10 @@ DEFAULT_BUDGET_BYTES = 4 * 2**30
 # Of a device's free memory, the share a hypergradient may take: the data,
 # the model and the outer loop live there too.
 DEVICE_FRACTION = 0.5
-# Time model in plain-unroll units, fitted to the table of the module
-# docstring: forward ~ FORWARD_FIXED * chunks + FORWARD_PER_TANGENT * K_b.
-FORWARD_FIXED = 3.5
-FORWARD_PER_TANGENT = 1.9
-REVERSE_COST = 4.7
+# Inner steps each probe program runs, and the most tangents it pushes (the
+# per-tangent cost of more is extrapolated).
+PROBE_STEPS = 16
+PROBE_MAX_TANGENTS = 32
 
 _PREFER = (None, 'forward', 'reverse')
 
@@ -80,6 +67,7 @@ class AutoChoice(NamedTuple):
     forward_cost, reverse_cost: estimated time in plain-unroll units.
     forward_bytes, reverse_bytes: estimated memory of each.
     budget_bytes: the memory budget the estimates were held against.
+    probe: the measured step costs behind the time estimates.
   """
   estimator: estimator_lib.Estimator
   reason: str
@@ -88,6 +76,33 @@ class AutoChoice(NamedTuple):
   forward_bytes: int
   reverse_bytes: int
   budget_bytes: int
+  probe: ProbeTimes | None = None
+
+
+class ProbeTimes(NamedTuple):
+  """Seconds per inner step, measured on one device by :func:`probe`.
+
+  Attributes:
+    device: the device kind measured on (``jax.Device.device_kind``).
+    plain: one plain inner step.
+    tangent: each tangent of the forward push, on top of the plain step
+      (the push forward mode uses on this platform; see
+      :class:`hypergrad.Forward`).
+    reverse: one step of checkpointed reverse mode (forward pass,
+      recomputation and backward pass).
+    tangents: how many tangents the push was measured with.
+  """
+  device: str
+  plain: float
+  tangent: float
+  reverse: float
+  tangents: int
+
+  def describe(self) -> str:
+    return (f'measured on {self.device}: plain step {self.plain * 1e6:.0f} '
+            f'us, +{self.tangent / self.plain:.2f} plain steps per tangent '
+            f'(a batch of {self.tangents}), checkpointed reverse step '
+            f'{self.reverse / self.plain:.2f} plain steps')
 
 
 def _nbytes(tree) -> int:
@@ -110,7 +125,113 @@ def step_residual_bytes(step_fn, init_state, hparams, num_steps: int) -> int:
                    diff, h)[1]
 
   h0 = schedule.hparams_at(hparams, 0, num_steps)
-  return _nbytes(jax.eval_shape(residuals, split.diff, split.rest, h0))
+  jaxpr = jax.make_jaxpr(residuals)(split.diff, split.rest, h0).jaxpr
+  # Arrays the step closes over (the training data, say) are kept once for
+  # the whole run, not once per step: only residuals computed from the
+  # step's inputs count.
+  shared = set(map(id, jaxpr.constvars)) | set(map(id, jaxpr.invars))
+  return int(sum(
+      np.prod(v.aval.shape, dtype=np.int64) * v.aval.dtype.itemsize
+      for v in jaxpr.outvars
+      if isinstance(v, jax_core.Var) and id(v) not in shared))
+
+
+_PROBES: dict = {}
+
+
+def _concrete(tree):
+  """``tree`` with every traced leaf replaced by zeros of its shape.
+
+  Step costs do not depend on the values, and the probe runs outside the
+  trace that :meth:`Auto.compute` is called in.
+  """
+  return jax.tree.map(
+      lambda x: (jnp.zeros(x.shape, x.dtype)
+                 if isinstance(x, jax.core.Tracer) else x), tree)
+
+
+def _seconds(fn, *args) -> float:
+  """Best of 3 timed runs of ``jit(fn)``, compiled and warmed first."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  jax.block_until_ready(compiled(*args))
+  best = math.inf
+  for _ in range(3):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def probe(step_fn, init_state, hparams, num_steps: int,
+          tangents: int) -> ProbeTimes:
+  """Measures a plain step, a tangent and a reverse step on this device.
+
+  Three small programs of :data:`PROBE_STEPS` inner steps each: the plain
+  unroll, the forward push of ``min(tangents, PROBE_MAX_TANGENTS)``
+  tangents (the push :class:`hypergrad.Forward` uses on this platform) and
+  the gradient of a checkpointed unroll. A few seconds at most, most of it
+  compiling; cached per problem shape, step function and device kind.
+
+  Args:
+    step_fn: the core contract's step (a function or a ``Partial``).
+    init_state, hparams, num_steps: the problem (values may be traced: the
+      probe runs zeros of their shapes).
+    tangents: the number of tangents forward mode would carry at once.
+
+  Returns:
+    A :class:`ProbeTimes`.
+  """
+  step_fn = unroll_lib.as_pytree_fn(step_fn)
+  device = jax.devices()[0]
+  batch = max(1, min(int(tangents), PROBE_MAX_TANGENTS))
+  key = (device.device_kind, device.platform, batch, num_steps,
+         jax.tree.structure(step_fn),
+         tuple((np.shape(x), jnp.result_type(x)) for x in
+               jax.tree.leaves((step_fn, init_state, hparams))))
+  if key in _PROBES:
+    return _PROBES[key]
+  step_fn, init_state, hparams = _concrete((step_fn, init_state, hparams))
+  steps = min(PROBE_STEPS, num_steps)
+  split = unroll_lib.split_state(init_state)
+  step, _ = tangents_lib.step_pieces(step_fn, split)
+  rows = device.platform == 'cpu'  # the push Forward(push=None) lowers to
+
+  def plain(state, h):
+    return unroll_lib.unroll(step_fn, state, h, num_steps, stop=steps)
+
+  def pushed(diff, rest, h, z):
+    def body(carry, _):
+      diff, rest, z, t = carry
+      h_t = schedule.hparams_at(h, t, num_steps)
+      dh = jax.tree.map(lambda x: jnp.zeros((batch,) + x.shape, x.dtype),
+                        h_t)
+      if rows:
+        diff, rest, lin = tangents_lib.linearize(step, diff, rest, h_t, t)
+        z, _ = tangents_lib.push_rows(
+            lin, z, jnp.int32(batch),
+            lambda i: jax.tree.map(lambda x: x[i], dh))
+      else:
+        diff, rest, z = tangents_lib.push_batch(step, diff, rest, h_t, t, z,
+                                                dh)
+      return (diff, rest, z, t + 1), None
+    return jax.lax.scan(body, (diff, rest, z, jnp.int32(0)), None, steps)[0]
+
+  def backward(state, h):
+    def loss(h):
+      final = unroll_lib.unroll(step_fn, state, h, num_steps, stop=steps,
+                                checkpoint_every=max(1, steps // 4))
+      diff = unroll_lib.split_state(final).diff
+      return sum(jnp.sum(x.astype(jnp.float32)) for x in diff)
+    return jax.grad(loss)(h)
+
+  t_plain = _seconds(plain, init_state, hparams) / steps
+  t_push = _seconds(pushed, split.diff, split.rest, hparams,
+                    tangents_lib.zeros(batch, split.diff)) / steps
+  t_reverse = _seconds(backward, init_state, hparams) / steps
+  out = ProbeTimes(device.device_kind, t_plain,
+                   max(t_push - t_plain, 0.0) / batch, t_reverse, batch)
+  _PROBES[key] = out
+  return out
 
 
 def memory_budget(budget_bytes: int | None = None) -> tuple[int, str]:
@@ -147,9 +268,13 @@ class Auto(estimator_lib.Estimator):
       device's (see :func:`memory_budget`).
     prefer: None to choose, or ``'forward'`` / ``'reverse'`` to force one
       (still reported against the budget).
+    measure: ``measure(step_fn, init_state, hparams, num_steps, tangents)
+      -> ProbeTimes``, the step costs to decide by; None: :func:`probe`,
+      measured on the device.
   """
   memory_budget_bytes: int | None = None
   prefer: str | None = None
+  measure: Callable[..., ProbeTimes] | None = None
 
   def __post_init__(self):
     object.__setattr__(self, 'memory_budget_bytes', validation.check_int(
@@ -157,6 +282,9 @@ class Auto(estimator_lib.Estimator):
     if self.prefer not in _PREFER:
       raise ValueError(f"prefer must be None, 'forward' or 'reverse', got "
                        f'prefer={self.prefer!r}.')
+    if self.measure is not None and not callable(self.measure):
+      raise TypeError(f'measure must be callable or None, got '
+                      f'measure={self.measure!r}.')
 
   def choose(self, step_fn, loss_fn, init_state, hparams,
              num_steps: int) -> AutoChoice:
@@ -187,13 +315,15 @@ class Auto(estimator_lib.Estimator):
       return (chunk + 2) * diff_bytes + 2 * state_bytes + residual
 
     reverse_bytes = ((-(-num_steps // c)) + 2) * state_bytes + c * residual
-    reverse_cost = REVERSE_COST
     chunk = k
     if forward_bytes(k) > budget:  # fewer tangents at a time, if that fits
       fit = (budget - forward_bytes(0)) // max(diff_bytes, 1)
       chunk = int(min(max(fit, 1), k))
-    forward_cost = (FORWARD_FIXED * -(-k // chunk)
-                    + FORWARD_PER_TANGENT * begun)
+    times = (self.measure or probe)(step_fn, init_state, hparams, num_steps,
+                                    chunk)
+    # In plain-unroll units: each chunk reruns the primal unroll.
+    forward_cost = -(-k // chunk) + times.tangent / times.plain * begun
+    reverse_cost = times.reverse / times.plain
     fwd = forward_lib.Forward(None if chunk == k else chunk)
     rev = reverse_lib.Reverse(c)
     fwd_fits = forward_bytes(chunk) <= budget
@@ -202,7 +332,8 @@ class Auto(estimator_lib.Estimator):
              f'estimated time forward {forward_cost:.1f} / reverse '
              f'{reverse_cost:.1f} plain unrolls, memory forward '
              f'{_mib(forward_bytes(chunk))} / reverse {_mib(reverse_bytes)} '
-             f'against a budget of {_mib(budget)} ({source})')
+             f'against a budget of {_mib(budget)} ({source}); '
+             f'{times.describe()}')
     if self.prefer is not None:
       chosen = fwd if self.prefer == 'forward' else rev
       fits = fwd_fits if self.prefer == 'forward' else rev_fits
@@ -222,7 +353,7 @@ class Auto(estimator_lib.Estimator):
     if chosen is fwd and chunk != k:
       why += f', {chunk} tangents at a time'
     return AutoChoice(chosen, f'{why}. {facts}.', forward_cost, reverse_cost,
-                  forward_bytes(chunk), reverse_bytes, budget)
+                      forward_bytes(chunk), reverse_bytes, budget, times)
 
   def compute(self, step_fn, loss_fn, init_state, hparams, num_steps,
               progress=None) -> estimator_lib.HypergradResult:
@@ -232,18 +363,21 @@ class Auto(estimator_lib.Estimator):
 
 
 def auto(memory_budget_bytes: int | None = None, *,
-         prefer: str | None = None) -> Auto:
+         prefer: str | None = None,
+         measure: Callable[..., ProbeTimes] | None = None) -> Auto:
   """Forward or checkpointed reverse mode, whichever suits the problem.
 
   The choice is made per problem (number of tangents, horizon, state and
-  residual sizes, memory budget), when it is compiled; see the module
-  docstring for the model and the measurements behind it, and
-  :meth:`Auto.choose` for what it picks and why.
+  residual sizes, memory budget, and step costs measured on the device by a
+  short probe), when it is compiled; see the module docstring for the model,
+  and :meth:`Auto.choose` for what it picks and why.
 
   Args:
     memory_budget_bytes: bytes the hypergradient may use; None: half the
       free memory of a device that reports it, else 4 GiB.
     prefer: None to choose, ``'forward'`` or ``'reverse'`` to force one.
+    measure: the step costs to decide by (see :class:`Auto`); None
+      measures them on the device.
 
   Returns:
     An :class:`Auto` estimator; call it like any :class:`hypergrad.Estimator`.
@@ -257,9 +391,12 @@ def auto(memory_budget_bytes: int | None = None, *,
     >>> loss = lambda w: (w - 3.0) ** 2
     >>> args = (step, loss, jnp.zeros(()), {'lr': jnp.full((2,), 0.1)}, 100)
     >>> est = hypergrad.auto(memory_budget_bytes=2**20)
-    >>> type(est.choose(*args).estimator).__name__
-    'Reverse'
+    >>> choice = est.choose(*args)
+    >>> type(choice.estimator).__name__ in ('Forward', 'Reverse')
+    True
+    >>> 'measured on' in choice.reason
+    True
     >>> est(*args).hypergrads['lr'].shape
     (2,)
   """
-  return Auto(memory_budget_bytes, prefer)
+  return Auto(memory_budget_bytes, prefer, measure)

@@ -17,35 +17,25 @@ Two things keep this cheap (Micaelli & Storkey 2021):
   7 learning-rate intervals plus momentum and weight decay, that is 6 tangent
   pushes per step on average instead of 9.
 
-The unroll is one ``lax.scan`` over all ``T`` steps, compiled once whatever
-the number of intervals: the step looks its hyperparameters up from ``t``,
-the tangent engine (:mod:`hypergrad._src.tangents`) linearises it once (the
-primal step and its residuals are computed once per inner step, not once
-per tangent), and a loop with a traced trip count applies the linear map to
-the tangents begun so far, one at a time. Directions are sorted by the step
-they begin, so the begun ones are always a prefix of the batch.
+Each inner step is linearised once (the primal step and its residuals are
+computed once per step, not once per tangent) and pushes the tangents begun
+so far, in one of two ways (:class:`Forward`'s ``push``):
 
-An earlier version cut the unroll at every interval boundary and compiled a
-scan body per segment, each with its own tangent batch size: compile time
-grew with the number of intervals (8 s for 7 lr intervals, 36 s for 30, on
-the MLP of ``benchmarks/forward_cost.py`` on 2 CPU cores, against 0.6 s for
-the plain unroll). The single body compiles in about 3 plain-unroll compile
-times (1.0 s for K = 9 and 0.9 s for K = 32, plain 0.33 s). It runs slower
-than the per-segment bodies did: 1.5-1.9 s against 1.3 s per hypergradient
-for K = 9 and 4.7-4.8 s against 2.9 s for K = 32, measured on the same
-machine in one session (``python -m benchmarks.forward_cost``). Pushing the
-rows in vmapped blocks of 2 to 8 instead of one at a time changed nothing
-(within 5%), so the gap is the split of each step into ``linearize`` and a
-loop of linear maps, which XLA cannot fuse with the primal step as it fuses
-a ``jvp`` with a static tangent batch.
+* ``'batch'`` (GPU and TPU by default): a ``vmap`` of ``jvp`` over a static
+  batch of tangents, fused with the primal step, every tangent matmul
+  carrying the batch. The run is cut into a few segments, one per batch size
+  (at most ``ceil(log2 K) + 1``, chosen to push the fewest not-yet-begun
+  rows, :func:`plan`), so the program grows with ``log K``.
+* ``'rows'`` (CPU by default): one compiled step whose linear map is applied
+  to the begun rows one at a time, in a loop with a traced trip count; the
+  program is the same size whatever ``K``.
 
-Whatever the implementation, each begun tangent costs a Hessian-vector
-product per inner step: 1.79 plain steps of arithmetic on that MLP by XLA's
-flop count (1.21 on Fashion-MNIST's 784-256-128-10, whose wide input layer
-carries no input tangent), so no exact forward mode runs below about
-``1 + 1.79 K_begun`` plain unrolls there (``benchmarks/forward_cost.py``
-prints this floor). The loop above reaches about 3.2 plain steps per tangent
-on the small MLP and about 1.4 on Fashion-MNIST's.
+Directions are sorted by the step they begin, so the begun ones are always
+a prefix of the batch. Cost: about ``1 + a K_begun`` plain unrolls, ``a``
+one to two plain steps of arithmetic per tangent (a Hessian-vector
+product); what each push measures on CPU and GPU, and its compile time, is
+in ``docs/benchmarks.md`` (``python -m benchmarks.forward_cost``,
+``python -m benchmarks.gpu``).
 """
 
 from __future__ import annotations
@@ -65,6 +55,9 @@ from hypergrad._src import unroll as unroll_lib
 from hypergrad._src import validation
 
 PyTree = Any
+
+
+PUSHES = (None, 'batch', 'rows')
 
 
 class Direction(NamedTuple):
@@ -114,9 +107,114 @@ def _rows(h_leaves, dirs: list[Direction], size: int, num_steps: int) -> _Rows:
       o.reshape((size,) + h.shape[1:]) for o, h in zip(onehot, h_leaves)))
 
 
-def _chunk_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps, rows,
-                     progress=None):
-  """Loss, hypergradient values and unroll info for one chunk of rows.
+def plan(chunks: list[list[Direction]], num_steps: int,
+         max_buckets: int | None = None
+         ) -> tuple[tuple[int, int, int, bool], ...]:
+  """The unroll's segments: ``(start, stop, batch, late)``, static.
+
+  Every chunk pushes ``batch`` tangent rows over inner steps
+  ``[start, stop)``; ``batch`` is the smallest of at most ``max_buckets``
+  sizes (see :func:`tangents.buckets`) that holds the tangents any chunk has
+  begun by ``stop - 1``. Begun counts only grow along the run, so each size
+  is one contiguous segment and one compiled push. ``late``: some chunk has
+  a row of the batch that begins after ``start`` (inside the segment).
+
+  Args:
+    chunks: the directions of each chunk, sorted by start.
+    num_steps: the horizon ``T``.
+    max_buckets: at most this many batch sizes; None:
+      ``ceil(log2(K)) + 1`` for ``K`` rows a chunk, so the program grows with
+      ``log K``, not ``K``.
+  """
+  counts = np.zeros((num_steps,), np.int64)
+  fewest = np.full((num_steps,), np.iinfo(np.int64).max)
+  for chunk in chunks:
+    starts = np.sort(np.array([d.start for d in chunk], np.int64))
+    begun = np.searchsorted(starts, np.arange(num_steps), side='right')
+    counts, fewest = np.maximum(counts, begun), np.minimum(fewest, begun)
+  size = max(len(c) for c in chunks)
+  if max_buckets is None:
+    max_buckets = int(np.ceil(np.log2(max(size, 1)))) + 1
+  sizes = np.array(tangents_lib.buckets(counts, max_buckets))
+  batch = sizes[np.searchsorted(sizes, counts)]
+  edges = np.flatnonzero(np.diff(batch)) + 1
+  bounds = np.concatenate([[0], edges, [num_steps]])
+  return tuple((int(a), int(b), int(batch[a]), bool(fewest[a] < batch[a]))
+               for a, b in zip(bounds[:-1], bounds[1:]))
+
+
+def _batch_unroll(step_fn, init_state, hparams, num_steps, rows, segments,
+                  progress=None):
+  """The final state's leaves, tangents and first non-finite step of a chunk.
+
+  One ``lax.scan`` per segment of :func:`plan` (a few, whatever the number
+  of intervals): the step looks its hyperparameters up from ``t``, and the
+  segment's static batch of rows is pushed with the primal step in one
+  ``vmap`` of ``jvp`` (:func:`tangents.push_batch`). Rows not begun are
+  exactly zero; inside the batch they are masked and stay so, past it they
+  are not touched at all.
+  """
+  report = unroll_lib.progress_reporter(progress, num_steps)
+  h_leaves, h_def = jax.tree.flatten(hparams)
+  split = unroll_lib.split_state(init_state)
+  step, _ = tangents_lib.step_pieces(step_fn, split)
+
+  def segment(batch, late):
+    onehot = [o[:batch] for o in rows.onehot]
+    interval, start = rows.interval[:batch], rows.start[:batch]
+    # Rows that begin inside the segment are pushed, as zeros, before they
+    # begin. That is exact (a linear map of zero) unless the step's
+    # linearisation is not finite there (0 * inf): such a row is read as
+    # zero until it begins, and is not counted by the finiteness check.
+
+    def shaped(mask, x):
+      return mask.reshape((batch,) + (1,) * (x.ndim - 1))
+
+    def body(carry, _):
+      diff, rest, tangents, t, bad = carry
+      report(t)
+      h_t = schedule.hparams_at(hparams, t, num_steps)
+      # A row's value moves h_t only while its own interval is in force.
+      dh = jax.tree.unflatten(h_def, [
+          o * shaped(interval == schedule.interval_index(
+              t, h.shape[0], num_steps), o).astype(o.dtype)
+          for o, h in zip(onehot, h_leaves)])
+      if late:
+        on = start < t
+        tangents = [jnp.where(shaped(on, z), z, 0) for z in tangents]
+      diff, rest, tangents = tangents_lib.push_batch(
+          step, diff, rest, h_t, t, tangents, dh)
+      if late:
+        on = start <= t
+        finite = tangents_lib.all_finite(diff) & jnp.all(jnp.stack([
+            jnp.all(jnp.isfinite(z) | ~shaped(on, z)) for z in tangents]))
+      else:
+        finite = tangents_lib.all_finite(list(diff) + tangents)
+      bad = jnp.where((bad < 0) & ~finite, t, bad).astype(jnp.int32)
+      return (diff, rest, tangents, t + 1, bad), None
+
+    return body
+
+  # The step index rides in the carry rather than as scanned-over input:
+  # an int32[T] input would make memory grow with the horizon.
+  diff, rest, t, bad = split.diff, split.rest, jnp.int32(0), jnp.int32(-1)
+  tangents = tangents_lib.zeros(0, split.diff)
+  for first, stop, batch, late in segments:
+    # Rows begun in this segment join the batch as zeros.
+    tangents = [jnp.concatenate([z, jnp.zeros((batch - z.shape[0],)
+                                              + z.shape[1:], z.dtype)])
+                for z in tangents]
+    diff, rest, tangents, t, bad = jax.lax.scan(
+        segment(batch, late), (diff, rest, tangents, t, bad), None, stop - first)[0]
+  size = rows.start.shape[0]
+  tangents = [jnp.pad(z, [(0, size - z.shape[0])] + [(0, 0)] * (z.ndim - 1))
+              for z in tangents]
+  return diff, rest, tangents, bad
+
+
+def _rows_unroll(step_fn, init_state, hparams, num_steps, rows,
+                 progress=None):
+  """The final state's leaves, tangents and first non-finite step of a chunk.
 
   One ``lax.scan`` over all ``num_steps`` steps, whatever the schedules: the
   step looks its hyperparameters up from ``t``, and the rows whose interval
@@ -127,7 +225,7 @@ def _chunk_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps, rows,
   report = unroll_lib.progress_reporter(progress, num_steps)
   h_leaves, h_def = jax.tree.flatten(hparams)
   split = unroll_lib.split_state(init_state)
-  step, merge = tangents_lib.step_pieces(step_fn, split)
+  step, _ = tangents_lib.step_pieces(step_fn, split)
 
   def body(carry, _):
     diff, rest, tangents, t, bad = carry
@@ -159,9 +257,7 @@ def _chunk_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps, rows,
            jnp.int32(0), jnp.int32(-1))
   diff, rest, tangents, _, bad = jax.lax.scan(body, carry, None,
                                               num_steps)[0]
-  loss, g = jax.value_and_grad(lambda d: loss_fn(merge(d, rest)))(diff)
-  values = tangents_lib.contract_flat(tangents, g, tangents[0].dtype)
-  return loss, values, unroll_lib.UnrollInfo(merge(diff, rest), bad)
+  return diff, rest, tangents, bad
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,17 +278,30 @@ class Forward(estimator_lib.Estimator):
       ``D`` ways, and so is the tangent memory. The data and the state are
       replicated over this axis; other mesh axes are left to the caller.
     tangent_axis: the name of the mesh axis to split the tangents over.
+    push: how the begun tangents go through each inner step. ``'batch'``:
+      all at once, one ``vmap`` of ``jvp`` fused with the primal step, in
+      at most ``ceil(log2 K) + 1`` static batch sizes (:func:`plan`).
+      ``'rows'``: the step is linearised once and its linear map applied to
+      the begun rows one at a time (one compiled body whatever ``K``).
+      None: ``'rows'`` on CPU, ``'batch'`` on GPU and TPU, chosen when the
+      program is lowered for its platform (``jax.lax.platform_dependent``).
+      Both give the same numbers; see ``docs/benchmarks.md`` for what each
+      costs where.
   """
   chunk_size: int | None = None
   skip_unstarted: bool = True
   mesh: Any = None
   tangent_axis: str = 'tangent'
+  push: str | None = None
 
   def __post_init__(self):
     object.__setattr__(self, 'chunk_size', validation.check_int(
         self.chunk_size, 'chunk_size', allow_none=True))
     object.__setattr__(self, 'skip_unstarted', bool(self.skip_unstarted))
     devices_lib.check_mesh_axis(self.mesh, self.tangent_axis, 'tangent_axis')
+    if self.push not in PUSHES:
+      raise ValueError(f"push must be None, 'batch' or 'rows', got "
+                       f'push={self.push!r}.')
 
   def compute(self, step_fn, loss_fn, init_state, hparams, num_steps,
               progress=None) -> estimator_lib.HypergradResult:
@@ -215,9 +324,32 @@ class Forward(estimator_lib.Estimator):
     for c, chunk in enumerate(chunks):
       where[c, :len(chunk)] = [d.flat for d in chunk]
 
+    segments = plan(chunks, num_steps)
+
+    def batch(r):
+      return _batch_unroll(step_fn, init_state, hparams, num_steps, r,
+                           segments, progress)
+
+    def rows_(r):
+      return _rows_unroll(step_fn, init_state, hparams, num_steps, r,
+                          progress)
+
+    split = unroll_lib.split_state(init_state)
+
     def one(r):
-      return _chunk_hypergrad(step_fn, loss_fn, init_state, hparams,
-                              num_steps, r, progress)
+      if self.push is not None:
+        out = (batch if self.push == 'batch' else rows_)(r)
+      else:
+        # Measured: on XLA:CPU the row loop is faster and compiles in a
+        # third of the time; on accelerators a batch of tangents fills the
+        # device (docs/benchmarks.md).
+        out = jax.lax.platform_dependent(r, cpu=rows_, default=batch)
+      diff, rest, tangents, bad = out
+      merge = lambda d: unroll_lib.merge_state(d, rest, split.treedef,
+                                               split.mask)
+      loss, g = jax.value_and_grad(lambda d: loss_fn(merge(d)))(diff)
+      values = tangents_lib.contract_flat(tangents, g, tangents[0].dtype)
+      return loss, values, unroll_lib.UnrollInfo(merge(diff), bad)
 
     if devices > 1:
       loss, values, info = self._sharded(one, rows)
@@ -272,9 +404,10 @@ class Forward(estimator_lib.Estimator):
       bad = unroll_lib.earliest(bad, info.nonfinite_step[d])
     return loss, values, info._replace(nonfinite_step=bad)
 
+
 def forward(chunk_size: int | None = None, *,
             skip_unstarted: bool = True, mesh: Any = None,
-            tangent_axis: str = 'tangent') -> Forward:
+            tangent_axis: str = 'tangent', push: str | None = None) -> Forward:
   """The forward-mode estimator (FDS), as a value to pass around.
 
   Memory is constant in the horizon: one state and one tangent per scalar
@@ -288,12 +421,14 @@ def forward(chunk_size: int | None = None, *,
     mesh: split the tangents over this mesh's ``tangent_axis`` (see
       :class:`Forward`); None: one device.
     tangent_axis: the mesh axis name.
+    push: ``'batch'``, ``'rows'`` or None (by platform); see
+      :class:`Forward`.
 
   Returns:
     A :class:`Forward` estimator; call it like any :class:`Estimator`.
 
   Raises:
-    ValueError: ``chunk_size`` not None or an int >= 1.
+    ValueError: ``chunk_size`` not None or an int >= 1, or another ``push``.
 
   Example:
     >>> import jax.numpy as jnp, hypergrad
@@ -304,7 +439,7 @@ def forward(chunk_size: int | None = None, *,
     >>> result.hypergrads['lr'].shape, int(result.info.nonfinite_step)
     ((2,), -1)
   """
-  return Forward(chunk_size, skip_unstarted, mesh, tangent_axis)
+  return Forward(chunk_size, skip_unstarted, mesh, tangent_axis, push)
 
 
 def forward_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,

@@ -14,24 +14,12 @@ pass gives the derivative with respect to *every* hyperparameter value at
 once, but it visits the states in reverse order, so they must be stored (or
 recomputed).
 
-Time and memory against forward mode (``forward_hypergrad``), for ``T`` inner
-steps, ``K`` scalar hyperparameter values and a state of ``|s|`` numbers
-(time in units of plain training of the same ``T`` steps; the measured
-figures are for the MLP of ``benchmarks/memory_vs_horizon.py``, K = 9, on CPU):
-
-==================  ==============================  ===========================
-estimator           time                            memory
-==================  ==============================  ===========================
-forward             ``~1 + a K`` (``a`` ~ 1-2)     ``O(K |s|)``, flat in ``T``
-                    (9-16x for K = 9)               (5 MiB at any T)
-reverse             ``~5-8x``, whatever ``K``       ``O(T r)``, ``r`` the
-                                                    residuals of one step
-                                                    (0.67 MiB/step: 6.7 GB at
-                                                    T = 1e4)
-reverse, ``c``      ``~4.5-6x`` (one extra forward  ``O((T / c) |s| + c r)``
-                    pass, but less memory traffic)  (88 MiB at T = 1e4,
-                                                    c = 100)
-==================  ==============================  ===========================
+Against forward mode: reverse mode's time is a few plain runs whatever the
+number of hyperparameter values ``K`` (one backward pass, plus one extra
+forward pass with checkpoints), forward mode's grows with ``K``; reverse
+mode's memory grows with ``T`` (``O(T r)`` for ``r`` bytes of residuals per
+step, ``O((T / c) |s| + c r)`` with checkpoints), forward mode's does not.
+Measured figures: ``docs/benchmarks.md``.
 
 ``c = checkpoint_every``; ``c ~ sqrt(T)`` gives ``O(sqrt(T))`` memory, and
 ``c = 1`` stores exactly the ``T`` states (``T |s|``, about 3x less than the

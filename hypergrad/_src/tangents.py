@@ -18,12 +18,12 @@ whole run) and RTHO (online) differ only in when they contract and how
 * :func:`basis` and :func:`contract`: one-hot tangents of a pytree of values,
   and ``grad E . Z`` back into the structure of the values.
 
-:func:`linearize` and :func:`push_rows` are the variable-count form of
-:func:`push` that ``forward_hypergrad`` uses: the step is linearised once,
-then its linear map is applied to the first ``count`` rows of the tangent
-batch one row at a time, ``count`` a traced value. One compiled loop body then
-serves any number of begun tangents, so the unroll compiles once however many
-intervals the schedules have.
+``forward_hypergrad`` pushes its tangents in one of two ways: a static batch
+fused with the primal step (:func:`push_batch`, in a few batch sizes chosen
+by :func:`buckets`), or the variable-count form (:func:`linearize` and
+:func:`push_rows`: the step linearised once, its linear map applied to the
+first ``count`` rows one at a time, ``count`` traced, so one compiled loop
+body serves any number of begun tangents).
 """
 
 from __future__ import annotations
@@ -88,8 +88,39 @@ def linearize(step, diff, rest, h, t):
   return new_diff, new_rest, lin
 
 
+def push_batch(step, diff, rest, h, t, tangents, dh):
+  """One inner step of the primal and of a static batch of tangents, fused.
+
+  ``jax.vmap`` of ``jax.jvp``: XLA sees the primal step and all ``B``
+  tangent pushes as one program and fuses them (the primal's elementwise
+  derivatives are computed in the kernels that use them), and every tangent
+  matmul carries the whole batch.
+
+  Args:
+    step: from :func:`step_pieces`.
+    diff, rest: the state's differentiable and other leaves.
+    h: the hyperparameters in force at step ``t``.
+    t: int32 step index.
+    tangents: list of ``(B, *leaf.shape)`` arrays, one per ``diff`` leaf.
+    dh: pytree like ``h`` with leaves ``(B, *leaf.shape)``.
+
+  Returns:
+    ``(new_diff, new_rest, new_tangents)``.
+  """
+  def one(z, dh_):
+    return jax.jvp(lambda d, h_: step(d, rest, h_, t), (diff, h), (z, dh_),
+                   has_aux=True)
+
+  new_diff, new_z, new_rest = jax.vmap(
+      one, in_axes=(0, 0), out_axes=(None, 0, None))(list(tangents), dh)
+  return new_diff, new_rest, [v.astype(z.dtype)
+                              for v, z in zip(new_z, tangents)]
+
+
 def all_finite(leaves) -> jax.Array:
   """Whether every entry of every array in ``leaves`` is finite: bool scalar."""
+  if not leaves:
+    return jnp.bool_(True)
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
@@ -101,15 +132,13 @@ def push_rows(lin, tangents, count, direction):
   compiled loop body serves every number of rows (the number of begun
   tangents changes along the unroll).
 
-  Rows go through ``lin`` one at a time, not as a ``vmap`` batch. On XLA:CPU
-  this is as fast per tangent as the batched push (within 5% on the MLP of
-  ``benchmarks/forward_cost.py``): ``vmap`` moves the batch axis through
-  every tangent matmul and pays for it in transposes, while one row is plain
-  2-D linear algebra. Each application sits inside a ``lax.cond`` whose
-  predicate is always true: the conditional is a fusion boundary, so the row
-  is read and written as one contiguous copy. Without it XLA fuses the
-  dynamic row indexing into every elementwise tangent kernel and the push
-  runs 2.2x slower.
+  Rows go through ``lin`` one at a time, not as a ``vmap`` batch: on XLA:CPU
+  one row is plain 2-D linear algebra and the loop body compiles once for
+  any count (figures: ``docs/benchmarks.md``). Each application sits inside
+  a ``lax.cond`` whose predicate is always true: the conditional is a fusion
+  boundary, so the row is read and written as one contiguous copy (without
+  it XLA fuses the dynamic row indexing into every elementwise tangent
+  kernel, and the push runs about 2x slower).
 
   Args:
     lin: ``lin(z, dh) -> new_z``, from :func:`linearize`.
@@ -148,6 +177,64 @@ def push_rows(lin, tangents, count, direction):
 
   return jax.lax.fori_loop(jnp.int32(0), count.astype(jnp.int32), row,
                            (list(tangents), jnp.bool_(True)))
+
+
+def buckets(counts, max_buckets: int) -> list[int]:
+  r"""Static tangent-batch sizes for a run, chosen to waste the fewest pushes.
+
+  ``counts[t]`` is the number of tangents begun at inner step ``t``
+  (non-decreasing in ``t``). Each step pushes the smallest chosen batch size
+  that holds its begun tangents; the sizes minimise the pushes of not-yet-
+  begun rows, ``sum_t (bucket(counts[t]) - counts[t])``, over at most
+  ``max_buckets`` sizes (an exact dynamic programme over the distinct
+  counts). One batch size is one compiled push, so the program compiles a
+  number of pushes bounded by ``max_buckets`` whatever the number of
+  intervals.
+
+  Args:
+    counts: int array ``(T,)``, begun tangents per step.
+    max_buckets: int >= 1.
+
+  Returns:
+    The sorted batch sizes; the largest is ``max(counts)``.
+
+  Example:
+    >>> buckets([3, 3, 4, 4, 5, 5, 9, 9], 2)
+    [5, 9]
+  """
+  values, weights = np.unique(np.asarray(counts, np.int64), return_counts=True)
+  m = len(values)
+  if m <= max_buckets:
+    return [int(v) for v in values]
+  w = weights.astype(np.float64)
+  cw = np.concatenate([[0.0], np.cumsum(w)])
+  cvw = np.concatenate([[0.0], np.cumsum(w * values)])
+
+  def cover(j, i):  # rows wasted when values[j..i] all use values[i]
+    return values[i] * (cw[i + 1] - cw[j]) - (cvw[i + 1] - cvw[j])
+
+  inf = np.inf
+  # best[k, i]: least waste covering values[0..i] with k+1 sizes, the
+  # largest values[i]; arg[k, i]: where its last bucket's run begins.
+  best = np.full((max_buckets, m), inf)
+  arg = np.zeros((max_buckets, m), np.int64)
+  best[0] = cover(0, np.arange(m))
+  for k in range(1, max_buckets):
+    for i in range(m):
+      j = np.arange(1, i + 1)
+      if not len(j):
+        continue
+      c = best[k - 1, j - 1] + cover(j, i)
+      arg[k, i] = j[np.argmin(c)]
+      best[k, i] = c.min()
+  k = int(np.argmin(best[:, m - 1]))
+  sizes, i = [], m - 1
+  while True:
+    sizes.append(int(values[i]))
+    if k == 0:
+      break
+    i, k = int(arg[k, i]) - 1, k - 1
+  return sorted(sizes)
 
 
 def zeros(k: int, diff) -> list:
