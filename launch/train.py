@@ -342,6 +342,21 @@ def _run(config, kinds, config_json, workdir, resume):
                  prior_seconds)
 
 
+def _plot(config, records, workdir, best, default_val_accuracy):
+  """The run's plots: schedules, validation and the population's signs."""
+  plotting.plot_schedules(records, config.horizon,
+                          os.path.join(workdir, 'schedules.png'),
+                          final=best, title=f'FDS on {config.task}')
+  plotting.plot_validation(records, os.path.join(workdir, 'validation.png'),
+                           baseline=default_val_accuracy,
+                           title=f'FDS on {config.task}')
+  if config.population > 1:
+    plotting.plot_sign_agreement(
+        records, os.path.join(workdir, 'sign_agreement.png'),
+        threshold=config.min_agreement or None,
+        title=f'FDS on {config.task}: population of {config.population}')
+
+
 def _report(config, kinds, task, state, records, workdir, start,
             prior_seconds):
   to_list = lambda h: {k: np.asarray(v).tolist() for k, v in h.items()}
@@ -361,17 +376,7 @@ def _report(config, kinds, task, state, records, workdir, start,
 
   primary = dist_lib.is_primary()
   if primary:
-    plotting.plot_schedules(records, config.horizon,
-                            os.path.join(workdir, 'schedules.png'),
-                            final=best, title=f'FDS on {config.task}')
-    plotting.plot_validation(records, os.path.join(workdir, 'validation.png'),
-                             baseline=results['default']['val_accuracy'],
-                             title=f'FDS on {config.task}')
-    if config.population > 1:
-      plotting.plot_sign_agreement(
-          records, os.path.join(workdir, 'sign_agreement.png'),
-          threshold=config.min_agreement or None,
-          title=f'FDS on {config.task}: population of {config.population}')
+    _plot(config, records, workdir, best, results['default']['val_accuracy'])
   learned, default = results['learned'], results['default']
   gain = (None if learned['diverged'] or default['diverged'] else
           learned['test_accuracy'] - default['test_accuracy'])
