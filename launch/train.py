@@ -57,7 +57,7 @@ import json
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -175,8 +175,9 @@ def _status(record, config) -> str:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       resume: bool = False,
-                       overwrite: bool = False) -> dict[str, Any]:
+                       resume: bool = False, overwrite: bool = False,
+                       on_outer_step: Callable[[Any, dict], None] | None = None
+                       ) -> dict[str, Any]:
   """Runs the FDS search, retrains with the best schedule found and tests it.
 
   Args:
@@ -184,6 +185,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     workdir: output folder (created, and locked while the run lasts).
     resume: continue from the last checkpoint in ``workdir``.
     overwrite: remove the outputs of an earlier run in ``workdir`` first.
+    on_outer_step: called with ``(outer state, record)`` after each outer
+      step is logged and checkpointed (e.g. to watch a run, or to stop one
+      there as a kill would).
 
   Returns:
     The summary also written to ``workdir/summary.json``.
@@ -200,7 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   config_json = config.to_json(sort_keys=True)
   lock = _claim_workdir(workdir, resume, overwrite, config_json)
   try:
-    return _run(config, kinds, config_json, workdir, resume)
+    return _run(config, kinds, config_json, workdir, resume, on_outer_step)
   finally:
     lock.release()
 
@@ -276,7 +280,7 @@ def _restore(checkpointer, state, workdir, config_json):
   return state, records
 
 
-def _run(config, kinds, config_json, workdir, resume):
+def _run(config, kinds, config_json, workdir, resume, on_outer_step):
   start = time.time()
   overrides = {'batch_size': config.batch_size} if config.batch_size else {}
   overrides['val_objective'] = config.val_objective
@@ -329,6 +333,8 @@ def _run(config, kinds, config_json, workdir, resume):
                    record['outer_step'], _status(record, config),
                    record['val_loss'], record['val_accuracy'],
                    record['seconds'], _agreement_text(record, config))
+      if on_outer_step is not None:
+        on_outer_step(state, record)
 
     state, _ = hypergrad.fds_search(
         fn, hparams0, opt=opt, max_outer_steps=config.outer_steps,
