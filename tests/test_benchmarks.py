@@ -365,6 +365,8 @@ def _recorder(ran=None, fail=False, kill=None, retrain=True):
   return hook
 
 
+# Slow (with its unbroken table ~2 min on a core): make test skips it, CI runs it.
+@pytest.mark.slow
 def test_killed_table_resumes_from_its_journal_with_nothing_lost(
     tmp_path, unbroken_table):
   journal = str(tmp_path / 'journal')
@@ -388,6 +390,8 @@ def test_killed_table_resumes_from_its_journal_with_nothing_lost(
       _JOURNAL_TABLE, hook=_recorder(fail=True, retrain=False))), resumed)
 
 
+# Slow (~1 min on a core): make test skips it, CI runs it.
+@pytest.mark.slow
 def test_shards_split_the_searches_and_add_up_to_the_table(
     tmp_path, unbroken_table):
   journal = str(tmp_path / 'journal')

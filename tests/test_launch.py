@@ -189,6 +189,8 @@ def test_collapse_to_chance_reports_the_initial_schedule(tmp_path):
   assert summary['test_accuracy'] > 0.5
 
 
+# Slow (two population runs, ~40 s on a core): make test skips it, CI runs it.
+@pytest.mark.slow
 def test_population_with_auto_estimator_equals_forward(tmp_path):
   # The main job's kind of run: a population, median, undecided values
   # left in place, hypergradients by whichever estimator `auto` picks. It

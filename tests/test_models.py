@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from hypergrad.experiments import data
 from hypergrad.experiments import layers
@@ -401,6 +402,8 @@ class ConvImplTest(parameterized.TestCase):
 
 class LeNetHypergradientTest(parameterized.TestCase):
 
+  # Slow (LeNet finite differences, ~40 s on a core): make test skips it, CI runs it.
+  @pytest.mark.slow
   def test_forward_hypergradient_matches_finite_differences(self):
     """Through a task's unroll of a small LeNet on digits, in float64."""
     task = tasks.make_task(
