@@ -365,7 +365,8 @@ def _recorder(ran=None, fail=False, kill=None, retrain=True):
   return hook
 
 
-# Slow (with its unbroken table ~2 min on a core): make test skips it, CI runs it.
+# Slow (with its unbroken table ~2 min on a core): make test skips it, CI
+# runs it.
 @pytest.mark.slow
 def test_killed_table_resumes_from_its_journal_with_nothing_lost(
     tmp_path, unbroken_table):

@@ -289,8 +289,10 @@ class ConvImplTest(parameterized.TestCase):
                       **kw)
     params = ref.init(jax.random.key(0), x)
     # Same names, shapes and initial values: checkpoints carry over.
-    _tree_close(fast.init(jax.random.key(0), layers.to_patches_layout(x)), params, 0)
-    apply_fast = lambda p, x: layers.from_patches_layout(fast.apply(p, layers.to_patches_layout(x)))
+    _tree_close(fast.init(jax.random.key(0), layers.to_patches_layout(x)),
+                params, 0)
+    apply_fast = lambda p, x: layers.from_patches_layout(
+        fast.apply(p, layers.to_patches_layout(x)))
     y_ref, vjp_ref = jax.vjp(ref.apply, params, x)
     cotangent = _normal(y_ref.shape, jnp.float64)
     for fn in (apply_fast, drop_in.apply):
@@ -364,7 +366,8 @@ class ConvImplTest(parameterized.TestCase):
 
       (g_params, g_x), aux = run(variables['params'], xin)
       out[impl] = (variables['params'], aux, g_params,
-                   layers.from_patches_layout(g_x) if impl == 'patches' else g_x)
+                   layers.from_patches_layout(g_x) if impl == 'patches'
+                   else g_x)
     convs = [k for k in out['lax'][0] if k.startswith('Conv_')]
     self.assertLen(convs, 3 if strides == 2 else 2)  # projection or not
     _tree_close(out['patches'][0], out['lax'][0], 0)
@@ -402,7 +405,8 @@ class ConvImplTest(parameterized.TestCase):
 
 class LeNetHypergradientTest(parameterized.TestCase):
 
-  # Slow (LeNet finite differences, ~40 s on a core): make test skips it, CI runs it.
+  # Slow (LeNet finite differences, ~40 s on a core): make test skips it,
+  # CI runs it.
   @pytest.mark.slow
   def test_forward_hypergradient_matches_finite_differences(self):
     """Through a task's unroll of a small LeNet on digits, in float64."""

@@ -91,7 +91,8 @@ def _greedy(name, label):
       name, label, 'greedy', search,
       measures=((name, costs.greedy_call(name)),), charged_by=(name,),
       charge=_ratio_charge(name),
-      iterations=lambda infos: f"{np.mean([len(i['runs']) for i in infos]):.1f} runs")
+      iterations=lambda infos: (
+          f"{np.mean([len(i['runs']) for i in infos]):.1f} runs"))
 
 
 def _blackbox(name, label):

@@ -267,7 +267,8 @@ def to_patches_layout(x: jax.Array) -> jax.Array:
 from_patches_layout = to_patches_layout
 
 
-def pool_patches_layout(x: jax.Array, kind: str, window: Sequence[int]) -> jax.Array:
+def pool_patches_layout(x: jax.Array, kind: str,
+                        window: Sequence[int]) -> jax.Array:
   """Max or average pooling of ``(C, *spatial, N)``, stride = window, VALID.
 
   A reshape and a reduction over the window axes: like ``nn.max_pool``
