@@ -280,6 +280,80 @@ def reproducibility(pool, sizes, draws, min_agreements, rng):
   return rows
 
 
+def _timing(task, steps, saved, sections, record, log):
+  """Section (a), measured, or read back with ``--reanalyse``."""
+  sizes = [int(s) for s in _TIME_SIZES.value if s]
+  if saved is not None:
+    if saved.get('timing_section'):
+      sections.append(saved['timing_section'])
+      record['timing'] = saved['timing']
+      record['timing_section'] = saved['timing_section']
+  elif sizes:
+    log('(a) cost, default schedule')
+    load = os.getloadavg()[0]
+    rows = time_population(task, hparams_for(task, 'default',
+                                             _LR_INTERVALS.value),
+                           steps, sizes,
+                           [int(b) for b in _MEMBER_BATCHES.value if b],
+                           _REPEATS.value, log)
+    record['timing_section'] = (
+        f'## (a) Cost: one vectorised population vs S separate calls\n\n'
+        f'Default schedule; best of {_REPEATS.value} after a warm-up '
+        f'(variants interleaved), compilation excluded; load average '
+        f'{load:.1f} before timing, on {os.cpu_count()} '
+        f'cores.\n\n' + common.markdown_table(
+            ['S', 'how', 's', 's / member', '/ S calls'], rows) + '\n')
+    sections.append(record['timing_section'])
+    record['timing'] = rows
+
+
+
+def _schedule_section(task, name, steps, saved, sizes, rules, rng, record,
+                      log) -> str:
+  """Section (b) for schedule ``name``: its member pool and the table."""
+  log(f'(b) member pool, schedule {name}')
+  hparams = hparams_for(task, name, _LR_INTERVALS.value)
+  if saved is not None:
+    pool = np.asarray(saved['schedules'][name]['member_hypergrads'])
+    losses = np.asarray(saved['schedules'][name]['member_losses'])
+  else:
+    pool, losses = member_pool(task, hparams, steps, _POOL.value,
+                               _POOL_BATCH.value, _SEED.value, log)
+  rows = reproducibility(pool, [1] + sizes, _DRAWS.value, rules, rng)
+  med = np.median(pool, axis=0)
+  agreement = np.abs(np.sign(pool).mean(axis=0))
+  keys = [f'{k}[{i}]' for k, v in hparams.items() for i in range(v.size)]
+  real = pool_signal(pool)
+  pool_rows = [[k, f'{m:+.3g}', f'{np.mean(pool[:, j]):+.3g}',
+                f'{np.std(pool[:, j], ddof=1) / np.sqrt(len(pool)):.3g}',
+                f'{a:.2f}', 'yes' if real[j] else 'no']
+               for j, (k, m, a) in enumerate(zip(keys, med, agreement))]
+  values = ', '.join(f'{k} {v}' for k, v in SCHEDULES[name].items())
+  section = (
+      f'## (b) Sign reproducibility, schedule `{name}` ({values})\n\n'
+      f'Pool of {len(pool)} members (validation loss '
+      f'{losses.mean():.3f} +- {losses.std():.3f}); {_DRAWS.value} draws '
+      f'of two disjoint populations per S. Percentages of hyperparameter '
+      f'values (see the module docstring for each column).\n\n'
+      + common.markdown_table(
+          ['S', 'aggregate', 'min_agreement', 'decided %',
+           'agree / decided %', 'moves against %',
+           'agree with rest / decided %', 'signal %', 'agree / signal %',
+           'agree / pool signal %', 'in place / no pool signal %',
+           'in place / pool signal %'],
+          rows)
+      + f'\n\nThe pool itself (all {len(pool)} members):\n\n'
+      + common.markdown_table(
+          ['value', 'median', 'mean', 'std. error', 'sign agreement',
+           'pool signal'],
+          pool_rows) + '\n')
+  record['schedules'][name] = {'hparams': SCHEDULES[name],
+                               'member_hypergrads': pool.tolist(),
+                               'member_losses': losses.tolist(),
+                               'value_names': keys, 'table': rows}
+  return section
+
+
 def main(argv):
   del argv
   device = f'{jax.default_backend()} ({jax.devices()[0].device_kind})'
@@ -314,74 +388,14 @@ def main(argv):
   record = {'task': _TASK.value, 'steps': steps, 'device': device,
             'schedules': {}}
 
-  sizes = [int(s) for s in _TIME_SIZES.value if s]
-  if saved is not None:
-    if saved.get('timing_section'):
-      sections.append(saved['timing_section'])
-      record['timing'] = saved['timing']
-      record['timing_section'] = saved['timing_section']
-  elif sizes:
-    log('(a) cost, default schedule')
-    load = os.getloadavg()[0]
-    rows = time_population(task, hparams_for(task, 'default',
-                                             _LR_INTERVALS.value),
-                           steps, sizes,
-                           [int(b) for b in _MEMBER_BATCHES.value if b],
-                           _REPEATS.value, log)
-    record['timing_section'] = (
-        f'## (a) Cost: one vectorised population vs S separate calls\n\n'
-        f'Default schedule; best of {_REPEATS.value} after a warm-up '
-        f'(variants interleaved), compilation excluded; load average '
-        f'{load:.1f} before timing, on {os.cpu_count()} '
-        f'cores.\n\n' + common.markdown_table(
-            ['S', 'how', 's', 's / member', '/ S calls'], rows) + '\n')
-    sections.append(record['timing_section'])
-    record['timing'] = rows
+  _timing(task, steps, saved, sections, record, log)
 
   rng = np.random.RandomState(_SEED.value)
   sizes = [int(s) for s in _SIZES.value]
   rules = [float(m) for m in _MIN_AGREEMENTS.value]
   for name in _SCHEDULES.value:
-    log(f'(b) member pool, schedule {name}')
-    hparams = hparams_for(task, name, _LR_INTERVALS.value)
-    if saved is not None:
-      pool = np.asarray(saved['schedules'][name]['member_hypergrads'])
-      losses = np.asarray(saved['schedules'][name]['member_losses'])
-    else:
-      pool, losses = member_pool(task, hparams, steps, _POOL.value,
-                                 _POOL_BATCH.value, _SEED.value, log)
-    rows = reproducibility(pool, [1] + sizes, _DRAWS.value, rules, rng)
-    med = np.median(pool, axis=0)
-    agreement = np.abs(np.sign(pool).mean(axis=0))
-    keys = [f'{k}[{i}]' for k, v in hparams.items() for i in range(v.size)]
-    real = pool_signal(pool)
-    pool_rows = [[k, f'{m:+.3g}', f'{np.mean(pool[:, j]):+.3g}',
-                  f'{np.std(pool[:, j], ddof=1) / np.sqrt(len(pool)):.3g}',
-                  f'{a:.2f}', 'yes' if real[j] else 'no']
-                 for j, (k, m, a) in enumerate(zip(keys, med, agreement))]
-    values = ', '.join(f'{k} {v}' for k, v in SCHEDULES[name].items())
-    sections.append(
-        f'## (b) Sign reproducibility, schedule `{name}` ({values})\n\n'
-        f'Pool of {len(pool)} members (validation loss '
-        f'{losses.mean():.3f} +- {losses.std():.3f}); {_DRAWS.value} draws '
-        f'of two disjoint populations per S. Percentages of hyperparameter '
-        f'values (see the module docstring for each column).\n\n'
-        + common.markdown_table(
-            ['S', 'aggregate', 'min_agreement', 'decided %',
-             'agree / decided %', 'moves against %',
-             'agree with rest / decided %', 'signal %', 'agree / signal %',
-             'agree / pool signal %', 'in place / no pool signal %',
-             'in place / pool signal %'],
-            rows)
-        + f'\n\nThe pool itself (all {len(pool)} members):\n\n'
-        + common.markdown_table(
-            ['value', 'median', 'mean', 'std. error', 'sign agreement',
-             'pool signal'],
-            pool_rows) + '\n')
-    record['schedules'][name] = {'hparams': SCHEDULES[name],
-                                 'member_hypergrads': pool.tolist(),
-                                 'member_losses': losses.tolist(),
-                                 'value_names': keys, 'table': rows}
+    sections.append(_schedule_section(task, name, steps, saved, sizes, rules,
+                                      rng, record, log))
   wall = (saved['wall_seconds'] if saved and 'wall_seconds' in saved
           else time.perf_counter() - start)
   record['wall_seconds'] = wall

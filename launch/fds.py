@@ -1,18 +1,20 @@
 r"""FDS hyperparameter optimisation from the command line.
 
     python -m launch.fds                      # larger MNIST-1D MLP, ~50 s on 2 CPU cores
-    python -m launch.fds --config launch/configs/digits_mlp.py --config.outer_steps=5
-    python -m launch.fds --config launch/configs/cifar10_wrn16_1.py \
+    python -m launch.fds --config digits_mlp --config.outer_steps=5
+    python -m launch.fds --config cifar10_wrn16_1 \
         --config.data_dir=~/tensorflow_datasets
     python -m launch.fds --workdir workdir/run1 --resume    # continue a killed run
+    hypergrad-fds --config digits_mlp         # the same script, pip-installed
 
-``--config FILE`` names a task's config (``launch/configs/<task>.py``; its
-docstring gives the command, run time and expected result; default:
-``mnist1d_large_mlp.py``, MNIST-1D generated larger), and
+``--config NAME`` picks a task's config by name (the file
+``launch/configs/<NAME>.py``, whose docstring gives the command, run time
+and expected result; default: ``mnist1d_large_mlp``, MNIST-1D generated
+larger); a path to a config file works too (``--config
+launch/configs/digits_mlp.py``, or a copy of one edited).
 ``--config.<field>=value`` overrides any of its fields (see
-``launch/train.py``). A pip install runs the same script as ``hypergrad-fds``
-and takes ``--config`` paths of the installed package's configs
-(``hypergrad-fds --config=$(python -m hypergrad_launch.configs digits_mlp)``).
+``launch/train.py``). A pip install runs the same script as
+``hypergrad-fds``, with the same names.
 
 A workdir holding a run is never overwritten: ``--resume`` continues it,
 ``--overwrite`` starts it over. It is locked while a run uses it.
@@ -36,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 
 from hypergrad._src import extras
@@ -52,13 +55,19 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                           'configs')
+try:
+  from . import configs as configs_lib
+except ImportError:  # run as a script, not as a package module
+  import configs as configs_lib  # type: ignore
+
+__doc__ += f"""
+Task configs (``--config NAME``): {', '.join(configs_lib.NAMES)}.
+"""
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(_CONFIG_DIR, 'mnist1d_large_mlp.py'),
-    'Config file, e.g. launch/configs/digits_mlp.py (default: MNIST-1D '
-    'generated larger).',
+    'config', configs_lib.path('mnist1d_large_mlp'),
+    f'A task config\'s name ({", ".join(configs_lib.NAMES)}) or a config '
+    'file (default: mnist1d_large_mlp, MNIST-1D generated larger).',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Output folder (default: workdir/<task>-<date-time>, new '
@@ -105,35 +114,9 @@ def _config():
     return config
   except Exception as e:  # pylint: disable=broad-except
     # config_flags defers a bad --config file's error to the first access.
-    raise app.UsageError(f'--config: {e}') from None
-
-
-def _print_summary(summary, workdir):
-  pct = lambda a: 'diverged' if a is None else f'{100 * a:.2f}%'
-  print(f'\nFDS on {summary["task"]}: {summary["outer_steps"]} outer steps '
-        f'({"converged" if summary["converged"] else "not converged"}), '
-        f'{summary["wall_time"]:.0f} s')
-  step = summary['learned_schedule_outer_step']
-  label = (f'best evaluated (outer step {step})' if
-           summary['improved_on_initial'] else
-           'initial (no outer step improved on it)')
-  print(f'  learned schedule, {label}:')
-  for kind, values in summary['learned_schedule'].items():
-    print(f'    {kind:<13}', ' '.join(f'{v:.4g}' for v in
-                                      json.loads(json.dumps(values))))
-  print('  last schedule (not evaluated): ' + ', '.join(
-      f'{k} ' + ' '.join(f'{v:.4g}' for v in vs)
-      for k, vs in summary['last_schedule'].items()))
-  n = len(summary['retrain_seeds'])
-  print(f'  test accuracy, learned schedule: {pct(summary["test_accuracy"])}'
-        f' (mean of {n} retrains)')
-  print(f'  test accuracy, default schedule {summary["default_schedule"]}: '
-        f'{pct(summary["default_test_accuracy"])} (same {n} inits)')
-  plots = ['schedules.png', 'validation.png'] + [
-      name for name in ('sign_agreement.png',)
-      if os.path.exists(os.path.join(workdir, name))]
-  print(f'  outputs in {os.path.abspath(workdir)}: summary.json, '
-        f'metrics.csv, {", ".join(plots)}, tensorboard/')
+    raise app.UsageError(f'--config: {e} (a task config is named by one of '
+                         f'{", ".join(configs_lib.NAMES)}, or a file)'
+                         ) from None
 
 
 def main(argv):
@@ -200,7 +183,7 @@ def _main():
     # Known failure modes get their message, not a traceback.
     raise SystemExit(f'error: {e}') from None
   if dist_lib.is_primary():
-    _print_summary(summary, workdir)
+    train.print_summary(summary, workdir)
   else:
     # The outputs are process 0's; this line shows the schedule agrees.
     print(f'{dist_lib.label()}: done; learned schedule '
@@ -227,9 +210,39 @@ def _checked_config(train):
   return config
 
 
-def run():
+_HELP = ('-h', '-?', '-help', '--help', '--helpshort', '--helpfull')
+
+
+def _with_config_paths(argv: list[str]) -> list[str]:
+  """``argv`` with a config's name after ``--config`` as its file."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith('--config='):
+      out[i] = '--config=' + configs_lib.resolve(arg[len('--config='):])
+    elif arg == '--config' and i + 1 < len(out):
+      out[i + 1] = configs_lib.resolve(out[i + 1])
+  return out
+
+
+def _print_help(full: bool) -> None:
+  """This docstring and the flags; absl's own ``--help`` exits 1."""
+  print(__doc__)
+  if full:
+    print(flags.FLAGS.get_help())
+  else:
+    # Keyed by the module's name, or by sys.argv[0] when run as __main__.
+    module = flags.FLAGS.find_module_defining_flag('workdir')
+    print(flags.FLAGS.module_help(module))
+
+
+def run(argv: list[str] | None = None):
   """Console-script entry point (``hypergrad-fds``)."""
-  app.run(main)
+  argv = sys.argv if argv is None else argv
+  asked = [a for a in argv[1:] if a.split('=')[0] in _HELP]
+  if asked:
+    _print_help(full=any(a.startswith('--helpfull') for a in asked))
+    sys.exit(0)
+  app.run(main, argv=_with_config_paths(argv))
 
 
 if __name__ == '__main__':

@@ -57,7 +57,7 @@ import json
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -67,7 +67,6 @@ from tqdm import auto as tqdm_auto
 
 import hypergrad
 from hypergrad._src import registry
-from hypergrad._src import schedule
 from hypergrad._src import search
 from hypergrad.experiments import checkpoint as ckpt_lib
 from hypergrad.experiments import distributed as dist_lib
@@ -77,128 +76,16 @@ from hypergrad.experiments import plotting
 from hypergrad.experiments import tasks as tasks_lib
 from hypergrad.experiments import workdir as workdir_lib
 
+try:
+  from . import validation
+except ImportError:  # run as a script, not as a package module
+  import validation  # type: ignore
+
 KINDS = registry.SGD.names
-ESTIMATORS = fds_lib.ESTIMATOR_NAMES
-
-
-class ConfigError(ValueError):
-  """A config value is invalid; raised before any data is loaded."""
-
-
-def _kinds(config) -> list[str]:
-  kinds = [k.strip() for k in str(config.hyperparams).split(',') if k.strip()]
-  if not kinds:
-    raise ConfigError('hyperparams is empty: name at least one of '
-                      f'{", ".join(KINDS)}.')
-  for k in kinds:
-    if k not in KINDS:
-      raise ConfigError(f'unknown hyperparameter {k!r} in hyperparams; '
-                        f'known: {", ".join(KINDS)}.')
-  if len(set(kinds)) != len(kinds):
-    raise ConfigError(f'hyperparams lists a kind twice: {config.hyperparams}')
-  return kinds
-
-
-def _is_real(value) -> bool:
-  return (isinstance(value, (int, float, np.integer, np.floating))
-          and not isinstance(value, (bool, np.bool_)))
-
-
-def validate_config(config) -> list[str]:
-  """Checks every value that can be checked without data; returns the kinds."""
-  if not isinstance(config.task, str) or config.task not in tasks_lib.TASKS:
-    raise ConfigError(f'unknown task {config.task!r}; known tasks: '
-                      f'{", ".join(sorted(tasks_lib.TASKS))}.')
-  for name in ('horizon', 'outer_steps'):
-    value = config[name]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-      raise ConfigError(f'{name} must be a positive integer, got {value!r}.')
-  for name in ('retrain_steps', 'batch_size', 'chunk_size',
-               'checkpoint_every', 'progress_every', 'retrain_inits',
-               'population_from'):
-    value = config[name]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-      raise ConfigError(f'{name} must be an integer >= 0 (0: default), got '
-                        f'{value!r}.')
-  seed = config.seed
-  if (not isinstance(seed, int) or isinstance(seed, bool)
-      or not 0 <= seed < 2**53):
-    raise ConfigError(f'seed must be an integer in [0, 2**53), got {seed!r}.')
-  if config.val_objective not in tasks_lib.VAL_OBJECTIVES:
-    raise ConfigError(f'unknown val_objective {config.val_objective!r}; '
-                      f'known: {", ".join(tasks_lib.VAL_OBJECTIVES)}.')
-  if config.estimator not in fds_lib.ESTIMATOR_NAMES:
-    raise ConfigError(f'unknown estimator {config.estimator!r}; known: '
-                      f'{", ".join(fds_lib.ESTIMATOR_NAMES)}.')
-  for name in ('val_fraction', 'tol'):
-    if not _is_real(config[name]):
-      raise ConfigError(f'{name} must be a number, got {config[name]!r}.')
-  if not 0.0 < config.val_fraction < 1.0:
-    raise ConfigError(f'val_fraction must be in (0, 1), got '
-                      f'{config.val_fraction}.')
-  if not 0.0 < config.tol < 1.0:
-    raise ConfigError(f'tol must be in (0, 1), got {config.tol}.')
-  population = config.population
-  if (not isinstance(population, int) or isinstance(population, bool)
-      or population < 1):
-    raise ConfigError(f'population must be an integer >= 1, got '
-                      f'{population!r}.')
-  if config.aggregate not in hypergrad.AGGREGATES:
-    raise ConfigError(f'unknown aggregate {config.aggregate!r}; known: '
-                      f'{", ".join(hypergrad.AGGREGATES)}.')
-  if not _is_real(config.min_agreement) or not (
-      0.0 <= config.min_agreement <= 1.0):
-    raise ConfigError(f'min_agreement must be in [0, 1] (0: off), got '
-                      f'{config.min_agreement!r}.')
-  factor = config.get('divergence_factor', 0.0)
-  if not _is_real(factor) or not (factor == 0 or 1 < factor < math.inf):
-    raise ConfigError('divergence_factor must be 0 (off) or a finite number '
-                      f'> 1, got {factor!r}.')
-  kinds = _kinds(config)
-  for name in ('intervals', 'init', 'step_sizes'):
-    if not isinstance(config[name], (dict, ml_collections.ConfigDict)):
-      raise ConfigError(f'{name} must map hyperparameter kinds to values, '
-                        f'got {config[name]!r}.')
-  for k in kinds:
-    n = config.intervals.get(k, 1)
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-      raise ConfigError(f'intervals for {k} must be a positive integer, got '
-                        f'{n!r}.')
-    if n > config.horizon:
-      raise ConfigError(f'intervals for {k} ({n}) exceed the horizon '
-                        f'({config.horizon} inner steps).')
-    # pylint: disable-next=protected-access
-    if n * config.horizon > schedule._MAX_STEP_PRODUCT:
-      raise ConfigError(f'intervals for {k} ({n}) times the horizon '
-                        f'({config.horizon}) overflow the int32 step '
-                        'arithmetic; use fewer intervals or a shorter horizon.')
-    if k not in config.init:
-      raise ConfigError(f'no initial value for {k} in config.init.')
-    step_size = config.step_sizes.get(k, 0)
-    if not _is_real(step_size) or not 0 < step_size < math.inf:
-      raise ConfigError(f'step size for {k} must be a finite number > 0, got '
-                        f'{step_size!r}.')
-  for k in KINDS:
-    if k in config.init and not (_is_real(config.init[k])
-                                 and math.isfinite(config.init[k])):
-      raise ConfigError(f'initial value for {k} must be a finite number, got '
-                        f'{config.init[k]!r}.')
-  if config.init.get('lr', 0.0) < 0 or config.init.get('weight_decay',
-                                                       0.0) < 0:
-    raise ConfigError('initial lr and weight_decay must be >= 0.')
-  if not 0.0 <= config.init.get('momentum', 0.0) < 1.0:
-    raise ConfigError(f'initial momentum must be in [0, 1), got '
-                      f'{config.init.get("momentum")}.')
-  try:
-    mesh = tasks_lib.make_mesh(config.get('mesh', ''))
-    batch = config.batch_size or tasks_lib.TASKS[config.task].batch_size
-    tasks_lib.check_mesh(mesh, batch)
-    dist_lib.check_mesh(mesh)
-    fds_lib.estimator_from_config(config, mesh)
-    fds_lib.member_mesh(mesh, population)
-  except ValueError as e:
-    raise ConfigError(f'mesh={config.get("mesh", "")!r}: {e}') from None
-  return kinds
+# The config's checks live in launch/validation.py; named here as before.
+ConfigError = validation.ConfigError
+ESTIMATORS = validation.ESTIMATORS
+validate_config = validation.validate_config
 
 
 def _hypergrad_fn(config, task, mesh=None):
@@ -288,8 +175,9 @@ def _status(record, config) -> str:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       resume: bool = False,
-                       overwrite: bool = False) -> dict[str, Any]:
+                       resume: bool = False, overwrite: bool = False,
+                       on_outer_step: Callable[[Any, dict], None] | None = None
+                       ) -> dict[str, Any]:
   """Runs the FDS search, retrains with the best schedule found and tests it.
 
   Args:
@@ -297,6 +185,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     workdir: output folder (created, and locked while the run lasts).
     resume: continue from the last checkpoint in ``workdir``.
     overwrite: remove the outputs of an earlier run in ``workdir`` first.
+    on_outer_step: called with ``(outer state, record)`` after each outer
+      step is logged and checkpointed (e.g. to watch a run, or to stop one
+      there as a kill would).
 
   Returns:
     The summary also written to ``workdir/summary.json``.
@@ -313,7 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   config_json = config.to_json(sort_keys=True)
   lock = _claim_workdir(workdir, resume, overwrite, config_json)
   try:
-    return _run(config, kinds, config_json, workdir, resume)
+    return _run(config, kinds, config_json, workdir, resume, on_outer_step)
   finally:
     lock.release()
 
@@ -369,7 +260,27 @@ class RetrainDivergedError(RuntimeError):
   """Retraining with the learned schedule diverged."""
 
 
-def _run(config, kinds, config_json, workdir, resume):
+def _restore(checkpointer, state, workdir, config_json):
+  """The outer state and records of the run in ``workdir``, if it is ours."""
+  records = []
+  restored = checkpointer.restore_latest(state, with_meta=True)
+  if restored is None:
+    # Killed before its first checkpoint: its config.json says whose
+    # run this is, and it starts again from the beginning.
+    with open(os.path.join(workdir, 'config.json')) as f:
+      recorded = f.read()
+  else:
+    state, records, meta = restored
+    recorded = meta.get('config', 'null') or 'null'
+  if json.loads(recorded) != json.loads(config_json):
+    raise ConfigError(
+        f'--resume: the run in {workdir} was made by another config; '
+        'use a new --workdir (or --overwrite).')
+  logging.info('resumed from outer step %d', state.step)
+  return state, records
+
+
+def _run(config, kinds, config_json, workdir, resume, on_outer_step):
   start = time.time()
   overrides = {'batch_size': config.batch_size} if config.batch_size else {}
   overrides['val_objective'] = config.val_objective
@@ -388,20 +299,7 @@ def _run(config, kinds, config_json, workdir, resume):
   try:
     state, records = search.init(hparams0, opt), []
     if resume:
-      restored = checkpointer.restore_latest(state, with_meta=True)
-      if restored is None:
-        # Killed before its first checkpoint: its config.json says whose
-        # run this is, and it starts again from the beginning.
-        with open(os.path.join(workdir, 'config.json')) as f:
-          recorded = f.read()
-      else:
-        state, records, meta = restored
-        recorded = meta.get('config', 'null') or 'null'
-      if json.loads(recorded) != json.loads(config_json):
-        raise ConfigError(
-            f'--resume: the run in {workdir} was made by another config; '
-            'use a new --workdir (or --overwrite).')
-      logging.info('resumed from outer step %d', state.step)
+      state, records = _restore(checkpointer, state, workdir, config_json)
     primary = dist_lib.is_primary()
     if primary:
       with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -412,10 +310,10 @@ def _run(config, kinds, config_json, workdir, resume):
                          desc=f'FDS {config.task}',
                          disable=None if primary else True)
     factor = config.get('divergence_factor', 0.0) or None
-    while state.step < config.outer_steps and not state.converged:
-      state, record = search.step(fn, opt, state, tol=config.tol,
-                                  divergence_factor=factor,
-                                  collapse_loss=0.99 * task.chance_loss)
+
+    def on_step(state, record):
+      # Logging, the cross-process check and the checkpoint of every outer
+      # step; the loop itself is the library's.
       record.update(val_accuracy=extra['val_accuracy'],
                     inner_steps=config.horizon,
                     wall_time=prior_seconds + time.time() - start)
@@ -435,12 +333,34 @@ def _run(config, kinds, config_json, workdir, resume):
                    record['outer_step'], _status(record, config),
                    record['val_loss'], record['val_accuracy'],
                    record['seconds'], _agreement_text(record, config))
+      if on_outer_step is not None:
+        on_outer_step(state, record)
+
+    state, _ = hypergrad.fds_search(
+        fn, hparams0, opt=opt, max_outer_steps=config.outer_steps,
+        tol=config.tol, divergence_factor=factor,
+        collapse_loss=0.99 * task.chance_loss, state=state, callback=on_step)
     bar.close()
     metrics.close()
   finally:
     checkpointer.close()
   return _report(config, kinds, task, state, records, workdir, start,
                  prior_seconds)
+
+
+def _plot(config, records, workdir, best, default_val_accuracy):
+  """The run's plots: schedules, validation and the population's signs."""
+  plotting.plot_schedules(records, config.horizon,
+                          os.path.join(workdir, 'schedules.png'),
+                          final=best, title=f'FDS on {config.task}')
+  plotting.plot_validation(records, os.path.join(workdir, 'validation.png'),
+                           baseline=default_val_accuracy,
+                           title=f'FDS on {config.task}')
+  if config.population > 1:
+    plotting.plot_sign_agreement(
+        records, os.path.join(workdir, 'sign_agreement.png'),
+        threshold=config.min_agreement or None,
+        title=f'FDS on {config.task}: population of {config.population}')
 
 
 def _report(config, kinds, task, state, records, workdir, start,
@@ -462,17 +382,7 @@ def _report(config, kinds, task, state, records, workdir, start,
 
   primary = dist_lib.is_primary()
   if primary:
-    plotting.plot_schedules(records, config.horizon,
-                            os.path.join(workdir, 'schedules.png'),
-                            final=best, title=f'FDS on {config.task}')
-    plotting.plot_validation(records, os.path.join(workdir, 'validation.png'),
-                             baseline=results['default']['val_accuracy'],
-                             title=f'FDS on {config.task}')
-    if config.population > 1:
-      plotting.plot_sign_agreement(
-          records, os.path.join(workdir, 'sign_agreement.png'),
-          threshold=config.min_agreement or None,
-          title=f'FDS on {config.task}: population of {config.population}')
+    _plot(config, records, workdir, best, results['default']['val_accuracy'])
   learned, default = results['learned'], results['default']
   gain = (None if learned['diverged'] or default['diverged'] else
           learned['test_accuracy'] - default['test_accuracy'])
@@ -518,3 +428,32 @@ def _report(config, kinds, task, state, records, workdir, start,
         f'retraining with the learned schedule {best} diverged (non-finite '
         f'test loss); {workdir}/summary.json records no test accuracy.')
   return summary
+
+
+def print_summary(summary, workdir):
+  """Prints a finished run's result and where its outputs are."""
+  pct = lambda a: 'diverged' if a is None else f'{100 * a:.2f}%'
+  print(f'\nFDS on {summary["task"]}: {summary["outer_steps"]} outer steps '
+        f'({"converged" if summary["converged"] else "not converged"}), '
+        f'{summary["wall_time"]:.0f} s')
+  step = summary['learned_schedule_outer_step']
+  label = (f'best evaluated (outer step {step})' if
+           summary['improved_on_initial'] else
+           'initial (no outer step improved on it)')
+  print(f'  learned schedule, {label}:')
+  for kind, values in summary['learned_schedule'].items():
+    print(f'    {kind:<13}', ' '.join(f'{v:.4g}' for v in
+                                      json.loads(json.dumps(values))))
+  print('  last schedule (not evaluated): ' + ', '.join(
+      f'{k} ' + ' '.join(f'{v:.4g}' for v in vs)
+      for k, vs in summary['last_schedule'].items()))
+  n = len(summary['retrain_seeds'])
+  print(f'  test accuracy, learned schedule: {pct(summary["test_accuracy"])}'
+        f' (mean of {n} retrains)')
+  print(f'  test accuracy, default schedule {summary["default_schedule"]}: '
+        f'{pct(summary["default_test_accuracy"])} (same {n} inits)')
+  plots = ['schedules.png', 'validation.png'] + [
+      name for name in ('sign_agreement.png',)
+      if os.path.exists(os.path.join(workdir, name))]
+  print(f'  outputs in {os.path.abspath(workdir)}: summary.json, '
+        f'metrics.csv, {", ".join(plots)}, tensorboard/')

@@ -15,12 +15,13 @@ from absl import app
 import numpy as np
 import pytest
 
-from benchmarks import hpo_table
+from benchmarks import hpo
 from benchmarks import run as run_bench
+from benchmarks.hpo import cli as hpo_cli
 
 
 def test_coarse_to_fine_covers_the_range_from_the_first_values():
-  scales = hpo_table.coarse_to_fine(7, 0.03, 10.0)
+  scales = hpo.coarse_to_fine(7, 0.03, 10.0)
   assert len(set(scales)) == 7
   assert all(0.03 <= s <= 10.0 for s in scales)
   # The first is the log-midpoint; the next two split either half.
@@ -33,11 +34,11 @@ def test_coarse_to_fine_covers_the_range_from_the_first_values():
 
 @pytest.fixture(scope='module')
 def tiny_table(tmp_path_factory):
-  results = hpo_table.run_table(
+  results = hpo.run_table(
       'digits_mlp', horizon=40, fds_outer_steps=2, seeds=1, eval_points=2,
       eval_seeds=1, repeats=1, hyperband_reports=3, log=lambda s: None)
   out = tmp_path_factory.mktemp('results')
-  base = hpo_table.write(results, str(out), 'python -m benchmarks.hpo_table',
+  base = hpo.write(results, str(out), 'python -m benchmarks.hpo_table',
                          tag='_tiny')
   return results, base
 
@@ -47,7 +48,7 @@ def test_hpo_table_every_method_within_one_budget(tiny_table):
   budget = results['budget']
   # The default budget is FDS's: 2 outer steps at its measured cost.
   assert budget == math.ceil(2 * results['ratios']['fds'] * 40)
-  assert set(results['methods']) == set(hpo_table.METHODS)
+  assert set(results['methods']) == set(hpo.METHODS)
   for m, per_seed in results['methods'].items():
     (r,) = per_seed
     assert r['spent'] <= budget + 1e-6, m
@@ -65,13 +66,13 @@ def test_hpo_table_every_method_within_one_budget(tiny_table):
   (zero,) = results['methods']['fds_zero']
   steps = zero['info']['outer_steps']
   assert zero['spent'] == pytest.approx(steps * ratios['fds_zero'] * 40)
-  for m in hpo_table.GREEDY:
+  for m in hpo.GREEDY:
     (r,) = results['methods'][m]
     runs = len(r['info']['runs'])
     # The automatic grid fills the budget: one more run would overrun it.
     assert runs == max(int(budget // (results['ratios'][m] * 40)), 1), m
     assert r['spent'] + results['ratios'][m] * 40 > budget, m
-  for m in hpo_table.BLACKBOX:
+  for m in hpo.BLACKBOX:
     (r,) = results['methods'][m]
     assert budget - r['spent'] < 40, m   # no full trial left unpaid
 
@@ -82,9 +83,9 @@ def test_hpo_table_writes_table_plot_and_json(tiny_table):
     assert os.path.getsize(base + ext) > 0
   text = open(base + '.md').read()
   assert 'python -m benchmarks.hpo_table' in text
-  for label in hpo_table.LABELS.values():
+  for label in hpo.LABELS.values():
     assert label in text, label
-  assert hpo_table.table(results).count('\n') == len(hpo_table.METHODS) + 1
+  assert hpo.table(results).count('\n') == len(hpo.METHODS) + 1
 
 
 def test_accuracy_section_agrees_with_finite_differences():
@@ -123,11 +124,11 @@ def test_hpo_table_gains_are_paired_with_the_default(tiny_table):
 
 def test_confidence_interval_is_student_t():
   # n = 5, mean 2, sample sd 1: half-width t_{0.975, 4} / sqrt(5).
-  mean, half = hpo_table.confidence_interval([1.0, 1.5, 2.0, 2.5, 3.0])
+  mean, half = hpo.confidence_interval([1.0, 1.5, 2.0, 2.5, 3.0])
   assert mean == pytest.approx(2.0)
   sd = np.std([1.0, 1.5, 2.0, 2.5, 3.0], ddof=1)
   assert half == pytest.approx(2.776 * sd / np.sqrt(5))
-  assert math.isnan(hpo_table.confidence_interval([1.0])[1])
+  assert math.isnan(hpo.confidence_interval([1.0])[1])
 
 
 def test_device_split_benchmark_runs_and_reports_speed_ups():
@@ -190,7 +191,7 @@ print('ok')
 
 def test_paired_differences_are_differences_of_paired_gains(tiny_table):
   results, base = tiny_table
-  text = hpo_table.paired_differences(results)
+  text = hpo.paired_differences(results)
   assert 'minus b' in text and 'Paired method against method' in open(
       base + '.md').read()
   # A made-up table of two seeds: a - b = 1 and 3 points, mean 2.
@@ -198,8 +199,8 @@ def test_paired_differences_are_differences_of_paired_gains(tiny_table):
       'default': [{'paired_gain': 0.0}] * 2,
       'fds_pop': [{'paired_gain': 0.05}, {'paired_gain': 0.04}],
       'rtho': [{'paired_gain': 0.04}, {'paired_gain': 0.01}]}}
-  mean, half = hpo_table.confidence_interval([0.01, 0.03])
-  rtho_row = [l for l in hpo_table.paired_differences(fake).splitlines()
+  mean, half = hpo.confidence_interval([0.01, 0.03])
+  rtho_row = [l for l in hpo.paired_differences(fake).splitlines()
               if l.startswith('| RTHO')]
   assert rtho_row == [f'| RTHO (greedy) | {100 * mean:+.2f} '
                       f'[{100 * (mean - half):+.2f}, '
@@ -213,7 +214,7 @@ def test_merge_keeps_old_rows_and_refuses_unpaired_tables(tiny_table):
                      'fds_pop': [dict(results['methods']['fds_pop'][0],
                                       paired_gain=0.5)]},
          'ratios': {'plain_seconds': 0.1, 'fds_pop': 9.0}}
-  merged = hpo_table.merge_results(results, new, 'cmd --merge')
+  merged = hpo.merge_results(results, new, 'cmd --merge')
   assert list(merged['methods']) == list(results['methods'])
   assert merged['methods']['fds_pop'][0]['paired_gain'] == 0.5
   assert merged['methods']['rtho'] == results['methods']['rtho']
@@ -221,16 +222,16 @@ def test_merge_keeps_old_rows_and_refuses_unpaired_tables(tiny_table):
   assert merged['ratios']['fds'] == results['ratios']['fds']
   assert merged['merged'][0]['command'] == 'cmd --merge'
   with pytest.raises(ValueError, match='budget'):
-    hpo_table.merge_results(results, {**new, 'budget': 1}, 'cmd')
+    hpo.merge_results(results, {**new, 'budget': 1}, 'cmd')
   # Rows that descended another validation objective are not comparable
   # (a table from before the field used plain cross-entropy).
   with pytest.raises(ValueError, match='val_objective'):
-    hpo_table.merge_results(
+    hpo.merge_results(
         {k: v for k, v in results.items() if k != 'val_objective'},
         {**new, 'val_objective': 'calibrated_cross_entropy'}, 'cmd')
   moved = [dict(results['methods']['default'][0], test_accuracy=0.123)]
   with pytest.raises(ValueError, match='not be paired'):
-    hpo_table.merge_results(
+    hpo.merge_results(
         results, {**new, 'methods': {'default': moved}}, 'cmd')
 
 
@@ -244,29 +245,29 @@ def test_merge_refuses_other_intervals_while_old_outer_rows_stay(
          'ratios': {'plain_seconds': 0.1, 'fds_pop': 9.0}}
   # The table's fds, fds_zero and reverse rows searched other schedules.
   with pytest.raises(ValueError, match='shared intervals'):
-    hpo_table.merge_results(results, new, 'cmd')
+    hpo.merge_results(results, new, 'cmd')
   # Replacing every outer-loop row is one setting again.
   every = {m: results['methods'][m] for m in
-           ('default',) + hpo_table.OUTER}
-  merged = hpo_table.merge_results(results, {**new, 'methods': every}, 'cmd')
+           ('default',) + hpo.OUTER}
+  merged = hpo.merge_results(results, {**new, 'methods': every}, 'cmd')
   assert merged['fds_intervals'] == finer
   # A table from before the field: its launch config's intervals.
   old = {k: v for k, v in results.items() if k != 'fds_intervals'}
   with pytest.raises(ValueError, match='shared intervals'):
-    hpo_table.merge_results(old, new, 'cmd')
-  same = {**new, 'fds_intervals': hpo_table.config_intervals(
-      hpo_table.fds_config('digits_mlp'))}
-  assert hpo_table.merge_results(old, same, 'cmd')['fds_intervals'] == (
+    hpo.merge_results(old, new, 'cmd')
+  same = {**new, 'fds_intervals': hpo.config_intervals(
+      hpo.fds_config('digits_mlp'))}
+  assert hpo.merge_results(old, same, 'cmd')['fds_intervals'] == (
       same['fds_intervals'])
 
 
 def test_fds_intervals_set_the_searched_schedule(tiny_table):
   results, base = tiny_table
-  assert results['fds_intervals'] == hpo_table.config_intervals(
-      hpo_table.fds_config('digits_mlp'))
+  assert results['fds_intervals'] == hpo.config_intervals(
+      hpo.fds_config('digits_mlp'))
   assert f"shared intervals {results['fds_intervals']}" in open(
       base + '.md').read()
-  finer = hpo_table.run_table(
+  finer = hpo.run_table(
       'digits_mlp', horizon=40, budget=1, seeds=1, eval_points=1,
       eval_seeds=1, repeats=1, methods=('default', 'fds_zero'),
       fds_intervals={'lr': 3.0, 'weight_decay': 2.0}, log=lambda s: None)
@@ -283,7 +284,7 @@ def test_fds_intervals_set_the_searched_schedule(tiny_table):
 def test_bad_fds_intervals_refused_before_compute(bad):
   name = next(iter(bad))
   with pytest.raises(ValueError, match=f'bad FDS interval count {name}='):
-    hpo_table.run_table('digits_mlp', horizon=40, budget=1, seeds=1,
+    hpo.run_table('digits_mlp', horizon=40, budget=1, seeds=1,
                         methods=('default', 'fds'), fds_intervals=bad,
                         log=pytest.fail)
 
@@ -291,8 +292,8 @@ def test_bad_fds_intervals_refused_before_compute(bad):
 @pytest.mark.parametrize('text', ['lr', 'lr=fast', 'lr=0.1,=', 'lr=0.1,x'])
 def test_bad_override_entries_name_the_entry(text):
   with pytest.raises(app.UsageError, match='--fds_intervals: bad entry'):
-    hpo_table.parse_overrides(text, 'fds_intervals')
-  assert hpo_table.parse_overrides(' lr=20 , weight_decay=3', 'x') == {
+    hpo_cli.parse_overrides(text, 'fds_intervals')
+  assert hpo_cli.parse_overrides(' lr=20 , weight_decay=3', 'x') == {
       'lr': 20.0, 'weight_decay': 3.0}
 
 
@@ -301,7 +302,7 @@ def test_table_descends_the_objective_it_names(tiny_table):
   assert results['val_objective'] == 'cross_entropy'
   assert 'Validation objective of every method: cross_entropy' in open(
       base + '.md').read()
-  calibrated = hpo_table.run_table(
+  calibrated = hpo.run_table(
       'digits_mlp', horizon=40, fds_outer_steps=2, seeds=1, eval_points=1,
       eval_seeds=1, repeats=1, methods=('default', 'fds'),
       val_objective='calibrated_cross_entropy', log=lambda s: None)
@@ -314,21 +315,21 @@ def test_table_descends_the_objective_it_names(tiny_table):
 
 
 def test_outer_spend_charges_each_step_its_own_cost():
-  assert hpo_table.outer_spend([10.0], 35.0) == [10.0, 20.0, 30.0]
+  assert hpo.outer_spend([10.0], 35.0) == [10.0, 20.0, 30.0]
   # Two cheap steps, then dear ones: the budget pays for what it can.
-  assert hpo_table.outer_spend([1.0, 1.0, 10.0], 23.0) == [1.0, 2.0, 12.0,
+  assert hpo.outer_spend([1.0, 1.0, 10.0], 23.0) == [1.0, 2.0, 12.0,
                                                           22.0]
-  assert hpo_table.outer_spend([5.0], 4.0) == []
+  assert hpo.outer_spend([5.0], 4.0) == []
 
 
 # A table small enough to run three times, at fixed costs so that runs in
 # separate calls are comparable (measured costs differ run to run).
+_FIXED_COSTS = {'plain_seconds': 0.01, 'fds_pop': 100.0,
+                'fds_pop_single': 30.0, 'rtho': 5.0}
 _JOURNAL_TABLE = dict(
     horizon=40, budget=2000, seeds=2, eval_points=2, eval_seeds=1,
     hyperband_reports=3, methods=('default', 'fds_pop', 'rtho', 'random'),
-    log=lambda s: None)
-_FIXED_COSTS = {'plain_seconds': 0.01, 'fds_pop': 100.0,
-                'fds_pop_single': 30.0, 'rtho': 5.0}
+    log=lambda s: None, measure_costs=lambda *a, **k: dict(_FIXED_COSTS))
 
 
 def _same_rows(a, b):
@@ -342,128 +343,116 @@ def _same_rows(a, b):
 
 @pytest.fixture(scope='module')
 def unbroken_table():
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(hpo_table, 'measure_costs',
-               lambda *a, **k: dict(_FIXED_COSTS))
-    return hpo_table.run_table('digits_mlp', **_JOURNAL_TABLE)
+  return hpo.run_table('digits_mlp', **_JOURNAL_TABLE)
 
 
-_SEARCHES = {name: getattr(hpo_table, name)
-             for name in ('run_outer', 'run_greedy', 'run_blackbox')}
+def _recorder(ran=None, fail=False, kill=None, retrain=True):
+  """A ``run_table`` hook: records each search run (by the family's search
+  function), fails on any with ``fail``, is killed at ``kill=(seed,
+  method)``, and fails on a retrain unless ``retrain``."""
 
-
-def _record_searches(monkeypatch, ran, fail=False):
-  for name, real in _SEARCHES.items():
-
-    def wrapped(task, *args, real=real, name=name):
+  def hook(event, **info):
+    if event == 'search':
+      name = f"run_{hpo.METHODS[info['method']].family}"
       if fail:
         pytest.fail(f'{name} ran again')
-      ran.append(name)
-      return real(task, *args)
-    monkeypatch.setattr(hpo_table, name, wrapped)
+      if (info['seed'], info['method']) == kill:
+        raise KeyboardInterrupt
+      if ran is not None:
+        ran.append(name)
+    if event == 'retrain' and not retrain:
+      pytest.fail('retrained again')
+  return hook
 
 
+# Slow (with its unbroken table ~2 min on a core): make test skips it, CI
+# runs it.
+@pytest.mark.slow
 def test_killed_table_resumes_from_its_journal_with_nothing_lost(
-    tmp_path, monkeypatch, unbroken_table):
+    tmp_path, unbroken_table):
   journal = str(tmp_path / 'journal')
-  monkeypatch.setattr(hpo_table, 'measure_costs',
-                      lambda *a, **k: dict(_FIXED_COSTS))
-  real = hpo_table.run_greedy
-  greedy_calls = []
-
-  def killed(*args):
-    greedy_calls.append(args[5])  # the HPO seed
-    if args[5] == 1:
-      raise KeyboardInterrupt  # killed during seed 1's RTHO
-    return real(*args)
-  monkeypatch.setattr(hpo_table, 'run_greedy', killed)
   with pytest.raises(KeyboardInterrupt):
-    hpo_table.run_table('digits_mlp', journal_dir=journal, **_JOURNAL_TABLE)
+    # Killed during seed 1's RTHO.
+    hpo.run_table('digits_mlp', journal_dir=journal,
+                  **dict(_JOURNAL_TABLE, hook=_recorder(kill=(1, 'rtho'))))
   finished = sorted(f for f in os.listdir(journal) if f.startswith('search'))
   assert finished == ['search_s0_fds_pop.json', 'search_s0_random.json',
                       'search_s0_rtho.json', 'search_s1_fds_pop.json']
-  monkeypatch.setattr(hpo_table, 'run_greedy', real)
   # The rerun measures no costs and runs only what was left.
-  monkeypatch.setattr(hpo_table, 'measure_costs', lambda *a, **k: pytest.fail(
-      'costs measured again'))
   ran = []
-  _record_searches(monkeypatch, ran)
-  resumed = hpo_table.run_table('digits_mlp', journal_dir=journal,
-                                **_JOURNAL_TABLE)
+  resumed = hpo.run_table('digits_mlp', journal_dir=journal, **dict(
+      _JOURNAL_TABLE, hook=_recorder(ran),
+      measure_costs=lambda *a, **k: pytest.fail('costs measured again')))
   assert ran == ['run_greedy', 'run_blackbox']
   # The same table as a run never killed, at the same costs.
   _same_rows(resumed, unbroken_table)
   # Once complete, the journal alone gives the table: nothing is retrained.
-  monkeypatch.setattr(hpo_table, 'evaluate', lambda *a: pytest.fail(
-      'retrained again'))
-  _record_searches(monkeypatch, [], fail=True)
-  _same_rows(hpo_table.run_table('digits_mlp', journal_dir=journal,
-                                 **_JOURNAL_TABLE), resumed)
+  _same_rows(hpo.run_table('digits_mlp', journal_dir=journal, **dict(
+      _JOURNAL_TABLE, hook=_recorder(fail=True, retrain=False))), resumed)
 
 
+# Slow (~1 min on a core): make test skips it, CI runs it.
+@pytest.mark.slow
 def test_shards_split_the_searches_and_add_up_to_the_table(
-    tmp_path, monkeypatch, unbroken_table):
+    tmp_path, unbroken_table):
   journal = str(tmp_path / 'journal')
-  monkeypatch.setattr(hpo_table, 'measure_costs',
-                      lambda *a, **k: dict(_FIXED_COSTS))
   ran = {}
   for shard in ((0, 2), (1, 2)):
     ran[shard] = []
-    _record_searches(monkeypatch, ran[shard])
-    assert hpo_table.run_table('digits_mlp', journal_dir=journal,
-                               shard=shard, **_JOURNAL_TABLE) is None
+    assert hpo.run_table('digits_mlp', journal_dir=journal, shard=shard,
+                         **dict(_JOURNAL_TABLE,
+                                hook=_recorder(ran[shard]))) is None
   # 2 seeds x 3 searched methods, every other one each.
   assert len(ran[(0, 2)]) == len(ran[(1, 2)]) == 3
   # The command without --shard only assembles (both seeds were retrained
   # by the shard that finished them).
-  monkeypatch.setattr(hpo_table, 'evaluate', lambda *a: pytest.fail(
-      'retrained again'))
-  _record_searches(monkeypatch, [], fail=True)
-  table = hpo_table.run_table('digits_mlp', journal_dir=journal,
-                              **_JOURNAL_TABLE)
+  table = hpo.run_table('digits_mlp', journal_dir=journal, **dict(
+      _JOURNAL_TABLE, hook=_recorder(fail=True, retrain=False)))
   _same_rows(table, unbroken_table)
   assert [p.split(' on ')[0] for p in table['search_processes']] == [
       'shard 0/2', 'shard 1/2']
 
 
-def test_journal_of_other_settings_refused_before_any_compute(
-    tmp_path, monkeypatch):
+def test_journal_of_other_settings_refused_before_any_compute(tmp_path):
   journal = str(tmp_path / 'journal')
 
   class Stop(Exception):
     pass
 
-  def stop(*args, **kwargs):
-    raise Stop
+  def stop(event, **info):
+    if event == 'load_task':
+      raise Stop
   # The journal is bound to its settings before the data loads.
-  monkeypatch.setattr(hpo_table.tasks_lib, 'make_task', stop)
   with pytest.raises(Stop):
-    hpo_table.run_table('digits_mlp', journal_dir=journal, **_JOURNAL_TABLE)
-  monkeypatch.setattr(hpo_table.tasks_lib, 'make_task',
-                      lambda *a, **k: pytest.fail('data loaded'))
-  other = dict(_JOURNAL_TABLE, horizon=80, eval_seeds=3)
-  with pytest.raises(hpo_table.journal_lib.SettingsMismatch,
+    hpo.run_table('digits_mlp', journal_dir=journal,
+                  **dict(_JOURNAL_TABLE, hook=stop))
+
+  def no_load(event, **info):
+    if event == 'load_task':
+      pytest.fail('data loaded')
+  other = dict(_JOURNAL_TABLE, horizon=80, eval_seeds=3, hook=no_load)
+  with pytest.raises(hpo.journal_lib.SettingsMismatch,
                      match=r'eval_seeds=1 \(here 3\), horizon=40 '
                            r'\(here 80\)'):
-    hpo_table.run_table('digits_mlp', journal_dir=journal, **other)
+    hpo.run_table('digits_mlp', journal_dir=journal, **other)
 
 
 @pytest.mark.parametrize('shard', [(2, 2), (-1, 2), (0, 0)])
 def test_bad_shard_refused(shard, tmp_path):
   with pytest.raises(ValueError, match='bad shard'):
-    hpo_table.run_table('digits_mlp', journal_dir=str(tmp_path),
+    hpo.run_table('digits_mlp', journal_dir=str(tmp_path),
                         shard=shard, **_JOURNAL_TABLE)
 
 
 def test_shards_need_a_journal():
   with pytest.raises(ValueError, match='journal'):
-    hpo_table.run_table('digits_mlp', shard=(0, 2), **_JOURNAL_TABLE)
+    hpo.run_table('digits_mlp', shard=(0, 2), **_JOURNAL_TABLE)
 
 
 @pytest.mark.parametrize('text', ['2', '0/x', '2/2', 'a/b/c'])
 def test_bad_shard_flag_names_the_value(text):
   with pytest.raises(app.UsageError, match='--shard'):
-    hpo_table.parse_shard(text)
+    hpo_cli.parse_shard(text)
 
 
 def test_journal_keeps_schedules_bit_for_bit(tmp_path):
@@ -471,7 +460,7 @@ def test_journal_keeps_schedules_bit_for_bit(tmp_path):
   for dtype in (np.float32, np.float64):
     h = {'lr': rng.lognormal(size=7).astype(dtype),
          'momentum': np.asarray(0.9, dtype)}
-    back = hpo_table.journal_lib.decode_hparams(
-        json.loads(json.dumps(hpo_table.journal_lib.encode_hparams(h))),
+    back = hpo.journal_lib.decode_hparams(
+        json.loads(json.dumps(hpo.journal_lib.encode_hparams(h))),
         dtype)
-    assert hpo_table._key(back) == hpo_table._key(h)
+    assert hpo.schedule_key(back) == hpo.schedule_key(h)

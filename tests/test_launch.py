@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 
-from hypergrad._src import search
 from launch import train
 from launch.configs import digits_mlp
 
@@ -62,23 +61,16 @@ def test_outputs_written(uninterrupted):
              ) == pytest.approx(summary['learned_schedule_val_loss'])
 
 
-def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path,
-                                              monkeypatch):
+def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path):
   _, full = uninterrupted
   workdir = str(tmp_path)
-  real_step = search.step
-  calls = {'n': 0}
 
-  def dying_step(*a, **kw):
-    calls['n'] += 1
-    if calls['n'] == 2:  # killed during outer step 1, after step 0 was saved
+  def die(state, record):
+    if record['outer_step'] == 0:  # killed after step 0 was saved
       raise KeyboardInterrupt
-    return real_step(*a, **kw)
 
-  monkeypatch.setattr(search, 'step', dying_step)
   with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(_tiny_config(), workdir)
-  monkeypatch.setattr(search, 'step', real_step)
+    train.train_and_evaluate(_tiny_config(), workdir, on_outer_step=die)
   # The folder holds a run: neither silently continued nor overwritten.
   with pytest.raises(train.ConfigError, match='--resume'):
     train.train_and_evaluate(_tiny_config(), workdir)
@@ -197,6 +189,8 @@ def test_collapse_to_chance_reports_the_initial_schedule(tmp_path):
   assert summary['test_accuracy'] > 0.5
 
 
+# Slow (two population runs, ~40 s on a core): make test skips it, CI runs it.
+@pytest.mark.slow
 def test_population_with_auto_estimator_equals_forward(tmp_path):
   # The main job's kind of run: a population, median, undecided values
   # left in place, hypergradients by whichever estimator `auto` picks. It

@@ -9,8 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from hypergrad.experiments import data
+from hypergrad.experiments import layers
 from hypergrad.experiments import models
 from hypergrad.experiments import tasks
 from tests import helpers
@@ -280,15 +282,17 @@ class ConvImplTest(parameterized.TestCase):
                                                 kernel, strides, padding):
     x = _normal(shape, jnp.float64)
     kw = dict(strides=strides, padding=padding, param_dtype=jnp.float64)
-    ref = models._conv('lax', features, kernel, name='Conv_0', **kw)
+    ref = layers.conv('lax', features, kernel, name='Conv_0', **kw)
     # The layout the models use on CPU, and the nn.Conv drop-in.
-    fast = models._conv('patches', features, kernel, name='Conv_0', **kw)
+    fast = layers.conv('patches', features, kernel, name='Conv_0', **kw)
     drop_in = nn.Conv(features, kernel, conv_general_dilated=models.patch_conv,
                       **kw)
     params = ref.init(jax.random.key(0), x)
     # Same names, shapes and initial values: checkpoints carry over.
-    _tree_close(fast.init(jax.random.key(0), models._to_cl(x)), params, 0)
-    apply_fast = lambda p, x: models._from_cl(fast.apply(p, models._to_cl(x)))
+    _tree_close(fast.init(jax.random.key(0), layers.to_patches_layout(x)),
+                params, 0)
+    apply_fast = lambda p, x: layers.from_patches_layout(
+        fast.apply(p, layers.to_patches_layout(x)))
     y_ref, vjp_ref = jax.vjp(ref.apply, params, x)
     cotangent = _normal(y_ref.shape, jnp.float64)
     for fn in (apply_fast, drop_in.apply):
@@ -313,8 +317,8 @@ class ConvImplTest(parameterized.TestCase):
       with jax.numpy_dtype_promotion('standard'):
         return flax_pool(x, window, strides=window)
 
-    fast = lambda x: models._from_cl(
-        models._pool_cl(models._to_cl(x), kind, window))
+    fast = lambda x: layers.from_patches_layout(
+        layers.pool_patches_layout(layers.to_patches_layout(x), kind, window))
     y_ref, vjp_ref = jax.vjp(ref, x)
     y, vjp = jax.vjp(fast, x)
     _tree_close(y, y_ref)
@@ -348,7 +352,7 @@ class ConvImplTest(parameterized.TestCase):
     out = {}
     for impl in ('lax', 'patches'):
       block = models._WideBlock(features, strides, 0.9, jnp.float64, impl)
-      xin = models._to_cl(x) if impl == 'patches' else x
+      xin = layers.to_patches_layout(x) if impl == 'patches' else x
       variables = block.init(jax.random.key(0), xin, train=False)
 
       @jax.jit
@@ -356,13 +360,14 @@ class ConvImplTest(parameterized.TestCase):
         def loss(p, xin):
           y, new = block.apply({'params': p, 'batch_stats': state}, xin,
                                train=True, mutable=['batch_stats'])
-          y = models._from_cl(y) if impl == 'patches' else y
+          y = layers.from_patches_layout(y) if impl == 'patches' else y
           return jnp.sum(jnp.sin(y)), (y, new)
         return jax.grad(loss, (0, 1), has_aux=True)(params, xin)
 
       (g_params, g_x), aux = run(variables['params'], xin)
       out[impl] = (variables['params'], aux, g_params,
-                   models._from_cl(g_x) if impl == 'patches' else g_x)
+                   layers.from_patches_layout(g_x) if impl == 'patches'
+                   else g_x)
     convs = [k for k in out['lax'][0] if k.startswith('Conv_')]
     self.assertLen(convs, 3 if strides == 2 else 2)  # projection or not
     _tree_close(out['patches'][0], out['lax'][0], 0)
@@ -400,6 +405,9 @@ class ConvImplTest(parameterized.TestCase):
 
 class LeNetHypergradientTest(parameterized.TestCase):
 
+  # Slow (LeNet finite differences, ~40 s on a core): make test skips it,
+  # CI runs it.
+  @pytest.mark.slow
   def test_forward_hypergradient_matches_finite_differences(self):
     """Through a task's unroll of a small LeNet on digits, in float64."""
     task = tasks.make_task(

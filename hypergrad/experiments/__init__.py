@@ -11,7 +11,9 @@ Modules:
 
 * :mod:`hypergrad.experiments.data`: datasets held whole on device (MNIST-1D,
   digits, Fashion-MNIST IDX, tensorflow-datasets without TensorFlow).
-* :mod:`hypergrad.experiments.models`: MLP, LeNet and WRN-16-k in flax.
+* :mod:`hypergrad.experiments.models`: MLP, LeNet and WRN-16-k in flax, built
+  from :mod:`hypergrad.experiments.layers` (where the CPU convolution as
+  patches and a matmul is chosen, once per model call).
 * :mod:`hypergrad.experiments.tasks`: a dataset, a model and the FDS inner
   optimiser as the core contract's ``step_fn`` / ``loss_fn`` / ``init_state``.
 * :mod:`hypergrad.experiments.fds`: the FDS outer ``hypergrad_fn`` (validation

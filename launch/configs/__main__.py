@@ -1,16 +1,14 @@
 """Prints the path of a task's config file: ``python -m launch.configs digits_mlp``.
 
-For pip users, whose configs live in the installed package:
-``hypergrad-fds --config=$(python -m hypergrad_launch.configs digits_mlp)``.
+``--config`` takes the name itself (``hypergrad-fds --config digits_mlp``);
+the path is for editing a copy.
 """
 
-import os
 import sys
 
-_DIR = os.path.dirname(os.path.abspath(__file__))
-_NAMES = sorted(f[:-3] for f in os.listdir(_DIR)
-                if f.endswith('.py') and not f.startswith('_') and f != 'base.py')
+from . import NAMES
+from . import path
 
-if len(sys.argv) != 2 or sys.argv[1] not in _NAMES:
-  sys.exit(f'usage: python -m {__package__} NAME; NAME in {", ".join(_NAMES)}')
-print(os.path.join(_DIR, sys.argv[1] + '.py'))
+if len(sys.argv) != 2 or sys.argv[1] not in NAMES:
+  sys.exit(f'usage: python -m {__package__} NAME; NAME in {", ".join(NAMES)}')
+print(path(sys.argv[1]))

@@ -5,7 +5,7 @@ momentum and weight decay from 0.
 
 Data: a prepared tensorflow-datasets data_dir with `cifar10` (`--config.data_dir`).
 
-    python -m launch.fds --config launch/configs/cifar10_wrn16_1.py \
+    python -m launch.fds --config cifar10_wrn16_1 \
         --config.data_dir=$HOME/tensorflow_datasets \
         --workdir workdir/cifar10
 

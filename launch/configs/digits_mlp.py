@@ -1,6 +1,6 @@
 r"""FDS on scikit-learn's digits with an MLP 64-128-10 (tanh), on CPU.
 
-    python -m launch.fds --config launch/configs/digits_mlp.py --workdir workdir/digits_mlp
+    python -m launch.fds --config digits_mlp --workdir workdir/digits_mlp
 
 Run time: ~2 min on 2 CPU cores. Expected: test accuracy about 97%, level with
 the default schedule's (digits is easy; it is a smoke test of the pipeline).

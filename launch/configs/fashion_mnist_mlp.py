@@ -4,7 +4,7 @@ Data: Debian's `apt-get install dataset-fashion-mnist` (found automatically),
 or `--config.data_dir=DIR` pointing at a folder of IDX files or a prepared
 tensorflow-datasets data_dir.
 
-    python -m launch.fds --config launch/configs/fashion_mnist_mlp.py --workdir workdir/fmnist_mlp
+    python -m launch.fds --config fashion_mnist_mlp --workdir workdir/fmnist_mlp
 
 Run time: ~2-3 min on 2 CPU cores (1,000-step horizon, batch 128, a forward
 hypergradient ~9 s). Search: the FDS paper's setting, every value from 0 with

@@ -19,7 +19,7 @@ FDS gains +1.65 [+0.54, +2.75] points over the default, paired, 5 seeds
 (``benchmarks/results/hpo_mnist1d_mlp_calibrated.md``).
 ``--config.val_objective=cross_entropy`` restores FDS's objective.
 
-    python -m launch.fds --config launch/configs/mnist1d_mlp.py --workdir workdir/mnist1d_mlp
+    python -m launch.fds --config mnist1d_mlp --workdir workdir/mnist1d_mlp
 
 Run time: ~40 s on 2 idle CPU cores (36 s of search). Expected (seeds 0-4,
 ``--config.seed=N``, learned vs default retrained from the same 3

@@ -3,7 +3,7 @@ r"""FDS on MNIST with LeNet (the FDS paper's reverse-mode comparison setting).
 Data: a prepared tensorflow-datasets data_dir (`--data_dir`), or a folder of
 the MNIST IDX files.
 
-    python -m launch.fds --config launch/configs/mnist_lenet.py \
+    python -m launch.fds --config mnist_lenet \
         --config.data_dir=$HOME/tensorflow_datasets
 
 Run time: a few minutes on one GPU. Expected: test accuracy about 99%.

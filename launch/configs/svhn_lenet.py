@@ -3,7 +3,7 @@ r"""FDS on SVHN (cropped digits) with LeNet.
 Data: a prepared tensorflow-datasets data_dir with `svhn_cropped`
 (`--data_dir`).
 
-    python -m launch.fds --config launch/configs/svhn_lenet.py \
+    python -m launch.fds --config svhn_lenet \
         --config.data_dir=$HOME/tensorflow_datasets
 
 Run time: ~10-20 min on one GPU. Expected: test accuracy about 88-90%.

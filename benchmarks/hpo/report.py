@@ -1,0 +1,225 @@
+"""The table's outputs: markdown, the paired comparisons, the plot, JSON.
+
+Rows, labels, cost cells and search-iteration cells come from each
+method's :class:`~benchmarks.hpo.methods.Method` record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import jax
+import numpy as np
+
+from benchmarks import common
+from benchmarks.hpo import evaluation
+from benchmarks.hpo import methods as methods_lib
+from benchmarks.hpo import settings as settings_lib
+
+# The methods each other method is compared with, pair by pair.
+LEADERS = ('fds_pop', 'fds', 'fds_zero')
+# Plot line style of each family.
+_STYLES = {'outer': '-', 'greedy': ':', 'blackbox': '-.'}
+
+
+def jsonable(tree):
+  """``tree`` with NumPy floats as Python floats."""
+  return jax.tree.map(
+      lambda x: float(x) if isinstance(x, (float, np.floating)) else x, tree)
+
+
+def _mean_std(values):
+  v = np.asarray(values, np.float64)
+  return float(np.mean(v)), float(np.std(v))
+
+
+def _interval(mean, half) -> str:
+  return (f'{100 * mean:+.2f} [{100 * (mean - half):+.2f}, '
+          f'{100 * (mean + half):+.2f}]')
+
+
+def paired_differences(results, leaders=LEADERS) -> str:
+  """Markdown: each leader's paired gain over every other method.
+
+  Within an HPO seed every method is retrained from the same
+  initialisations, so ``gain_a - gain_b`` is paired; the interval is the
+  95% Student-t interval of its mean over seeds (above 0: ``a`` beats ``b``
+  beyond seed luck).
+  """
+  labels = methods_lib.LABELS
+  methods = results['methods']
+  leaders = [a for a in leaders if a in methods]
+  rows = []
+  for b in methods:
+    if b == 'default':
+      continue
+    row = [labels[b]]
+    for a in leaders:
+      if a == b:
+        row.append('-')
+        continue
+      diff = [ra['paired_gain'] - rb['paired_gain']
+              for ra, rb in zip(methods[a], methods[b])]
+      row.append(_interval(*evaluation.confidence_interval(diff)))
+    rows.append(row)
+  return common.markdown_table(
+      ['method b'] + [f'{labels[a]} minus b, points [95% CI]'
+                      for a in leaders], rows)
+
+
+def _row(results, m, per_seed) -> list[str]:
+  method = methods_lib.METHODS[m]
+  acc = _mean_std([r['test_accuracy'] for r in per_seed])
+  loss = _mean_std([r['test_loss'] for r in per_seed])
+  spent = np.mean([r['spent'] for r in per_seed])
+  secs = np.mean([r['seconds'] for r in per_seed])
+  gain = evaluation.confidence_interval([r['paired_gain'] for r in per_seed])
+  return [method.label, f'{100 * acc[0]:.2f} ± {100 * acc[1]:.2f}',
+          '-' if m == 'default' else _interval(*gain),
+          f'{loss[0]:.3f} ± {loss[1]:.3f}', f'{spent:,.0f}',
+          f"{spent / results['horizon']:.1f}",
+          method.iterations([r['info'] for r in per_seed]),
+          method.cost_cell(results['ratios']), f'{secs:.0f}']
+
+
+def table(results) -> str:
+  """Markdown: one row per method of ``results``."""
+  rows = [_row(results, m, per_seed)
+          for m, per_seed in results['methods'].items()]
+  return common.markdown_table(
+      ['method', 'test acc % (mean ± std)',
+       'paired gain over default, points [95% CI]', 'test loss',
+       'inner steps (equiv.)',
+       '= runs of T', 'search iterations', 'cost of one (x T)',
+       'search wall s'], rows)
+
+
+def _plot_panel(ax, results, x, field, scale):
+  for m, per_seed in results['methods'].items():
+    method = methods_lib.METHODS[m]
+    curves = scale * np.asarray([r[field] for r in per_seed], np.float64)
+    if m == 'default':
+      ax.axhline(np.nanmean(curves), color='k', ls='--', lw=1,
+                 label=method.label)
+      continue
+    with warnings.catch_warnings():  # a point no seed reached: NaN
+      warnings.simplefilter('ignore', RuntimeWarning)
+      mean = np.nanmean(curves, axis=0)
+      std = np.nanstd(curves, axis=0)
+    line, = ax.plot(x, mean, _STYLES[method.family], marker='o', ms=3,
+                    label=method.label)
+    ax.fill_between(x, mean - std, mean + std, color=line.get_color(),
+                    alpha=0.12)
+
+
+def plot(results, path):
+  """Test accuracy and test loss of the returned schedule vs budget."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  T = results['horizon']
+  x = np.asarray(results['points']) / T
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+  for ax, field, scale, ylabel in (
+      (axes[0], 'curve', 100, 'test accuracy %'),
+      (axes[1], 'curve_loss', 1, 'test cross-entropy (the objective)')):
+    _plot_panel(ax, results, x, field, scale)
+    ax.set_xlabel(f'budget (training runs of T = {T} inner steps, '
+                  'cost-weighted)')
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+  axes[0].legend(fontsize=7, ncol=2)
+  fig.suptitle(f"{results['task']}: schedule returned at each budget, "
+               f"retrained and tested (mean ± std over {results['seeds']} "
+               'seeds)', fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _header(r, command) -> str:
+  ratios = ', '.join(f'{k} {v:.2f}' for k, v in r['ratios'].items()
+                     if k != 'plain_seconds')
+  objective = r.get('val_objective',
+                    settings_lib.OBJECTIVE_BEFORE_THE_FIELD)
+  return (
+      f"# HPO at equal budget: {r['task']}\n\n"
+      f"Produced by `{command}` in {r['total_seconds'] / 60:.1f} min on "
+      f"{r['backend']}, {os.cpu_count()} CPU cores (shared: timings are "
+      f"noisy){_processes_note(r)}.\n\n"
+      f"Horizon T = {r['horizon']} inner steps; budget {r['budget']:,} "
+      f"inner-step equivalents per method and seed "
+      f"({r['budget'] / r['horizon']:.1f} training runs). Measured cost of "
+      f"one run relative to plain training (plain T steps = "
+      f"{r['ratios']['plain_seconds']:.2f} s): {ratios}. Test accuracy: "
+      f"schedule retrained from scratch for T steps, mean over "
+      f"{r['eval_seeds']} initialisations, then mean ± std over "
+      f"{r['seeds']} HPO seeds. Paired gain: within each HPO seed the "
+      f"default schedule is retrained from the same initialisations; the "
+      f"interval is the 95% Student-t interval of the mean gain over HPO "
+      f"seeds (an interval above 0: a gain that is not seed luck). "
+      f"Validation objective of every method: {objective}. "
+      f"Black-box objective: validation loss at "
+      f"the end of training; black-box lr pieces: "
+      f"{r['blackbox_lr_intervals']}. FDS/reverse init: {r['fds_init']}, "
+      f"outer step sizes {r['fds_step_sizes']}"
+      f"{_intervals_note(r)}; "
+      f"reverse checkpointing: {r['reverse_checkpoint_every']}. Search wall "
+      f"time includes compilation on the first seed.\n\n")
+
+
+def write(results, out_dir, command, tag=''):
+  """Writes ``hpo_<task><tag>.{md,json,png}`` under ``out_dir``.
+
+  Returns:
+    The path of the three files without the extension.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  base = os.path.join(out_dir, f"hpo_{results['task']}{tag}")
+  r = results
+  text = (
+      f"{_header(r, command)}"
+      f"{table(r)}\n\n"
+      f"Paired method against method (the same HPO seeds and retrain "
+      f"initialisations; an interval above 0: the first method wins beyond "
+      f"seed luck):\n\n{paired_differences(r)}\n\n"
+      f"{_merged_note(r)}"
+      f"![accuracy vs budget]({os.path.basename(base)}.png)\n")
+  with open(base + '.md', 'w') as f:
+    f.write(text)
+  with open(base + '.json', 'w') as f:
+    json.dump(jsonable(r), f, indent=1, default=float)
+  plot(r, base + '.png')
+  return base
+
+
+def _processes_note(r) -> str:
+  # Shards ran side by side: their minutes add up, the wall time is less.
+  shards = r.get('search_processes') or []
+  if len(shards) < 2:
+    return ''
+  return (f"; the searches were shared among {len(shards)} processes "
+          f"({'; '.join(shards)}), whose compute the minutes add up (they "
+          f"ran side by side: the wall time was less); the costs were "
+          f"measured once, by one process while the others waited")
+
+
+def _intervals_note(r) -> str:
+  # Tables written before the field was recorded used the launch config's.
+  if 'fds_intervals' not in r:
+    return ''
+  return f", shared intervals {r['fds_intervals']}"
+
+
+def _merged_note(r) -> str:
+  if not r.get('merged'):
+    return ''
+  lines = [f"* `{m['command']}` ({', '.join(m['methods'])}; "
+           f"{m['total_seconds'] / 60:.1f} min, plain T steps = "
+           f"{m['plain_seconds']:.2f} s)" for m in r['merged']]
+  return ('Rows replaced later, at the same budget, seeds and retrain '
+          'initialisations (the default schedule retrained to the same '
+          'accuracies):\n\n' + '\n'.join(lines) + '\n\n')
