@@ -539,6 +539,21 @@ class AutoTest(parameterized.TestCase):
     self.assertGreaterEqual(first.tangent, 0)
     self.assertIs(auto_lib.probe(step_fn, state, hparams, t, 5), first)
 
+  def test_step_closing_over_a_tracer_falls_back(self):
+    # Such a step cannot run outside its trace: auto still chooses (from
+    # CPU figures, said in the reason) and the result is exact.
+    def outer(scale):
+      step = lambda w, h, t: w - h['lr'] * scale * 2.0 * (w - 3.0)
+      return hypergrad.auto().compute(
+          step, lambda w: (w - 3.0) ** 2, jnp.zeros(()),
+          {'lr': jnp.full((2,), 0.1)}, 20).hypergrads
+
+    ref = hypergrad.reverse()(
+        lambda w, h, t: w - h['lr'] * 2.0 * (w - 3.0),
+        lambda w: (w - 3.0) ** 2, jnp.zeros(()), {'lr': jnp.full((2,), 0.1)},
+        20).hypergrads
+    chex.assert_trees_all_close(jax.jit(outer)(1.0), ref, rtol=1e-10)
+
   def test_thousands_of_values_choose_reverse(self):
     # One weight per training example (the hyper-cleaning setting): a
     # tangent per weight would cost thousands of plain runs.
