@@ -45,3 +45,31 @@ def place(tree: PyTree, mesh: jax.sharding.Mesh, *spec) -> PyTree:
   if explicit:
     return jax.reshard(tree, sharding)
   return jax.lax.with_sharding_constraint(tree, sharding)
+
+
+def split_map(fn, xs: PyTree, mesh: jax.sharding.Mesh, axis: str,
+              out_specs: Any = None) -> PyTree:
+  """``fn`` on every device's share of ``xs``, split over ``axis`` of ``mesh``.
+
+  The one placement of both splits: ``xs`` (leading axis a multiple of the
+  axis size) is laid out over ``axis``, each device runs ``fn`` on its block
+  (``jax.shard_map``; other mesh axes are left to the caller), and the
+  outputs leave laid out on ``mesh`` as ``out_specs`` says.
+
+  Args:
+    fn: ``fn(block) -> out``, traceable.
+    xs: the pytree to split along its leading axes.
+    mesh: a ``jax.sharding.Mesh`` with an axis ``axis``.
+    axis: the mesh axis to split over.
+    out_specs: pytree prefix of ``PartitionSpec`` for the outputs; None:
+      every output split over ``axis``.
+
+  Returns:
+    ``fn``'s outputs, gathered per ``out_specs``.
+  """
+  split = jax.sharding.PartitionSpec(axis)
+  out = jax.shard_map(fn, mesh=mesh, in_specs=(split,),
+                      out_specs=split if out_specs is None else out_specs,
+                      axis_names={axis}, check_vma=False)(
+                          place(xs, mesh, axis))
+  return place(out, mesh)

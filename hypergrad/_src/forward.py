@@ -382,7 +382,6 @@ class Forward(estimator_lib.Estimator):
     """``one`` on every device's chunk of rows: ``(loss, values, info)``."""
     spec = jax.sharding.PartitionSpec
     stacked = jax.tree.map(lambda *x: jnp.asarray(np.stack(x)), *rows)
-    stacked = devices_lib.place(stacked, self.mesh, self.tangent_axis)
 
     def per_device(r):
       loss, values, info = one(jax.tree.map(lambda x: x[0], r))
@@ -393,12 +392,9 @@ class Forward(estimator_lib.Estimator):
     # state leave as replicated values (no copies gathered); the chunks'
     # values and non-finite steps are gathered.
     split, same = spec(self.tangent_axis), spec()
-    out = jax.shard_map(per_device, mesh=self.mesh, in_specs=(split,),
-                        out_specs=(same, split, unroll_lib.UnrollInfo(
-                            same, split)),
-                        axis_names={self.tangent_axis},
-                        check_vma=False)(stacked)
-    loss, values, info = devices_lib.place(out, self.mesh)
+    loss, values, info = devices_lib.split_map(
+        per_device, stacked, self.mesh, self.tangent_axis,
+        (same, split, unroll_lib.UnrollInfo(same, split)))
     bad = info.nonfinite_step[0]
     for d in range(1, info.nonfinite_step.shape[0]):
       bad = unroll_lib.earliest(bad, info.nonfinite_step[d])

@@ -390,12 +390,7 @@ def _members(estimator, num_steps, step_spec, loss_spec, member_batch,
     return run(xs)
   # Members split over the mesh's member axis: each device runs its S / D
   # members; the shared arrays and the schedule are replicated.
-  spec = jax.sharding.PartitionSpec
-  xs = devices_lib.place(xs, mesh, member_axis)
-  out = jax.shard_map(run, mesh=mesh, in_specs=(spec(member_axis),),
-                      out_specs=spec(member_axis), axis_names={member_axis},
-                      check_vma=False)(xs)
-  return devices_lib.place(out, mesh)
+  return devices_lib.split_map(run, xs, mesh, member_axis)
 
 
 def population_hypergrad(step_fn, loss_fn, init_states, hparams,
