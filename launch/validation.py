@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 
 import ml_collections
-import numpy as np
 
 import hypergrad
 from hypergrad._src import registry
 from hypergrad._src import schedule
+from hypergrad._src import validation
 from hypergrad.experiments import distributed as dist_lib
 from hypergrad.experiments import fds as fds_lib
 from hypergrad.experiments import tasks as tasks_lib
@@ -29,11 +29,6 @@ _COUNTS = ('retrain_steps', 'batch_size', 'chunk_size', 'checkpoint_every',
 
 class ConfigError(ValueError):
   """A config value is invalid; raised before any data is loaded."""
-
-
-def _is_real(value) -> bool:
-  return (isinstance(value, (int, float, np.integer, np.floating))
-          and not isinstance(value, (bool, np.bool_)))
 
 
 def _is_int(value) -> bool:
@@ -78,7 +73,7 @@ def _check_counts(config) -> None:
 
 def _check_numbers(config) -> None:
   for name in ('val_fraction', 'tol'):
-    if not _is_real(config[name]):
+    if not validation.is_real(config[name]):
       raise ConfigError(f'{name} must be a number, got {config[name]!r}.')
   if not 0.0 < config.val_fraction < 1.0:
     raise ConfigError(f'val_fraction must be in (0, 1), got '
@@ -93,12 +88,12 @@ def _check_population(config) -> None:
     raise ConfigError(f'population must be an integer >= 1, got '
                       f'{population!r}.')
   _check_choice(config, 'aggregate', hypergrad.AGGREGATES)
-  if not _is_real(config.min_agreement) or not (
+  if not validation.is_real(config.min_agreement) or not (
       0.0 <= config.min_agreement <= 1.0):
     raise ConfigError(f'min_agreement must be in [0, 1] (0: off), got '
                       f'{config.min_agreement!r}.')
   factor = config.get('divergence_factor', 0.0)
-  if not _is_real(factor) or not (factor == 0 or 1 < factor < math.inf):
+  if not validation.is_real(factor) or not (factor == 0 or 1 < factor < math.inf):
     raise ConfigError('divergence_factor must be 0 (off) or a finite number '
                       f'> 1, got {factor!r}.')
 
@@ -129,14 +124,14 @@ def _check_schedule(config, kinds) -> None:
     if k not in config.init:
       raise ConfigError(f'no initial value for {k} in config.init.')
     step_size = config.step_sizes.get(k, 0)
-    if not _is_real(step_size) or not 0 < step_size < math.inf:
+    if not validation.is_real(step_size) or not 0 < step_size < math.inf:
       raise ConfigError(f'step size for {k} must be a finite number > 0, got '
                         f'{step_size!r}.')
   for k in KINDS:
     if k not in config.init:
       continue
     value = config.init[k]
-    if not (_is_real(value) and math.isfinite(value)):
+    if not (validation.is_real(value) and math.isfinite(value)):
       raise ConfigError(f'initial value for {k} must be a finite number, got '
                         f'{value!r}.')
     # The range every outer step projects into: a start outside it would

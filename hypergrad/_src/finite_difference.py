@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hypergrad._src import validation
+
 PyTree = Any
 
 
@@ -51,8 +53,7 @@ def finite_difference(loss: Callable[[PyTree], Any], hparams: PyTree,
     >>> bool(jnp.allclose(g['lr'], g_fd['lr'], rtol=1e-2))
     True
   """
-  if not (isinstance(eps, (int, float, np.floating)) and np.isfinite(eps)
-          and eps > 0):
+  if not (validation.is_real(eps) and np.isfinite(eps) and eps > 0):
     raise ValueError(f'eps must be a positive finite number, got eps={eps!r}.')
   leaves, treedef = jax.tree.flatten(hparams)
   out = []

@@ -55,7 +55,6 @@ from hypergrad._src import validation
 PyTree = Any
 
 AGGREGATES = ('mean', 'median', 'trimmed_mean', 'sign_vote')
-_REAL = (int, float, np.integer, np.floating)
 
 
 class PopulationAggregate(NamedTuple):
@@ -144,13 +143,11 @@ def _check_aggregate(aggregate, trim, min_agreement):
   if aggregate not in AGGREGATES:
     raise ValueError(f'aggregate must be one of {AGGREGATES}, got '
                      f'aggregate={aggregate!r}.')
-  if (validation.is_bool(trim) or not isinstance(trim, _REAL)
-      or not 0.0 <= trim < 0.5):
+  if not validation.is_real(trim) or not 0.0 <= trim < 0.5:
     raise ValueError(f'trim must be a number in [0, 0.5), the fraction cut '
                      f'from each end; got trim={trim!r}.')
   if min_agreement is not None and (
-      validation.is_bool(min_agreement)
-      or not isinstance(min_agreement, _REAL)
+      not validation.is_real(min_agreement)
       or not 0.0 <= min_agreement <= 1.0):
     raise ValueError(f'min_agreement must be None or a number in [0, 1], '
                      f'got min_agreement={min_agreement!r}.')

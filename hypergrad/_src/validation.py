@@ -19,6 +19,14 @@ def is_bool(value: Any) -> bool:
   return isinstance(value, (bool, np.bool_))
 
 
+def is_real(value: Any) -> bool:
+  """A Python or NumPy real number that is not a bool (it may be inf or nan).
+
+  The one real-number check: every option that takes a number reads it.
+  """
+  return isinstance(value, _REAL_TYPES) and not is_bool(value)
+
+
 def check_int(value, name: str, *, minimum: int = 1,
               allow_none: bool = False) -> int | None:
   """An int (not a bool) ``>= minimum``, or None where allowed; returns it.
@@ -37,7 +45,7 @@ def check_int(value, name: str, *, minimum: int = 1,
 
 def check_positive(value, name: str) -> float:
   """A finite real number ``> 0``; returns it as a float."""
-  if is_bool(value) or not isinstance(value, _REAL_TYPES):
+  if not is_real(value):
     raise ValueError(f'{name} must be a positive number, got {name}='
                      f'{value!r}.')
   if not (math.isfinite(value) and value > 0):
@@ -52,8 +60,7 @@ def check_bounds(lo_hi, name: str) -> tuple[float, float]:
                      f'got {name}={lo_hi!r}.')
   lo, hi = lo_hi
   for v in (lo, hi):
-    if v is not None and (is_bool(v) or not isinstance(v, _REAL_TYPES)
-                          or math.isnan(v)):
+    if v is not None and (not is_real(v) or math.isnan(v)):
       raise ValueError(f'{name} bounds must be numbers or None, got '
                        f'{name}={lo_hi!r}.')
   lo = -math.inf if lo is None else float(lo)
@@ -65,7 +72,6 @@ def check_bounds(lo_hi, name: str) -> tuple[float, float]:
 
 def check_fraction(value, name: str) -> float:
   """A real number strictly between 0 and 1."""
-  if is_bool(value) or not isinstance(value, _REAL_TYPES) or not (
-      0.0 < float(value) < 1.0):
+  if not is_real(value) or not 0.0 < float(value) < 1.0:
     raise ValueError(f'{name} must be in (0, 1), got {name}={value!r}.')
   return float(value)

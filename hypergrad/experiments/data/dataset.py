@@ -6,6 +6,8 @@ from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from hypergrad._src import validation
+
 DATASET_NAMES = (
     'mnist1d', 'mnist1d_large', 'digits', 'fashion_mnist', 'mnist',
     'svhn_cropped', 'cifar10')
@@ -67,8 +69,7 @@ class Dataset(NamedTuple):
 
 
 def _check_val_fraction(val_fraction: Any) -> float:
-  if (isinstance(val_fraction, bool)
-      or not isinstance(val_fraction, (int, float, np.integer, np.floating))
+  if (not validation.is_real(val_fraction)
       or not 0.0 < float(val_fraction) < 1.0):
     raise ValueError(
         f'val_fraction must be a number with 0 < val_fraction < 1, got '
