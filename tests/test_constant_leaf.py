@@ -260,3 +260,19 @@ def test_checkpoint_resume_of_a_constrained_search(tmp_path):
   for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(reference)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert resumed.best_step == reference.best_step
+
+
+def test_rtho_learns_a_constant_leaf_online():
+  step_fn, loss_fn, init, hparams = _problem()
+  hparams = {'weights': hparams['weights'], 'coupling': hparams['coupling']}
+  fixed_lr_step = lambda s, h, t: step_fn(s, {**h, 'lr': 0.05}, t)
+  method = hypergrad.rtho(
+      fixed_lr_step, loss_fn, every=5,
+      meta_opt=hypergrad.chain(optax.sgd(0.05), hypergrad.projection(
+          {'weights': hypergrad.box(0.0, 1.0)})))
+  _, used = hypergrad.run_online(method, init, hparams, T)
+  assert used['weights'].shape == (T, N)
+  assert used['coupling'].shape == (T, 2, 2)
+  moved = np.asarray(used['weights'][-1] - used['weights'][0])
+  # The corrupted examples' weights fall the most.
+  assert set(np.argsort(moved)[:2]) == {3, 5}
