@@ -235,8 +235,9 @@ def box(lo=None, hi=None):
   """Euclidean projection onto ``[lo, hi]`` elementwise (None: unbounded).
 
   Example:
-    >>> hypergrad.box(0.0, 1.0)(jnp.array([-0.5, 0.3, 2.0])).tolist()
-    [0.0, 0.3, 1.0]
+    >>> import jax.numpy as jnp, hypergrad
+    >>> hypergrad.box(0.0, 1.0)(jnp.array([-0.5, 0.25, 2.0])).tolist()
+    [0.0, 0.25, 1.0]
   """
   lo, hi = validation.check_bounds((lo, hi), 'box')
   return _Box(lo, hi)
@@ -265,8 +266,9 @@ def simplex(total: float = 1.0):
   interaction matrix, or mixture weights.
 
   Example:
-    >>> hypergrad.simplex()(jnp.array([[0.5, 0.5, 1.0]])).tolist()
-    [[0.0, 0.0, 1.0]]
+    >>> import jax.numpy as jnp, hypergrad
+    >>> hypergrad.simplex()(jnp.array([[2.0, 0.0, 1.0]])).tolist()
+    [[1.0, 0.0, 0.0]]
   """
   return _Simplex(validation.check_positive(total, 'total'))
 
@@ -288,6 +290,7 @@ def positive_definite(min_eig: float = 1e-3):
   """Projection of a square matrix onto ``{A = A^T, eig(A) >= min_eig}``.
 
   Example:
+    >>> import jax.numpy as jnp, hypergrad
     >>> a = hypergrad.positive_definite(0.1)(jnp.array([[1.0, 2.0],
     ...                                                  [2.0, 1.0]]))
     >>> bool(jnp.linalg.eigvalsh(a).min() >= 0.1 - 1e-6)
