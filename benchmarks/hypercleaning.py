@@ -29,7 +29,6 @@ into ``hypercleaning_rtho.json``; the table of ``hypercleaning.md`` shows both.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import sys
@@ -67,25 +66,6 @@ CONFIGS = {
                              outer_steps=10, outer_lr=0.2, hidden=32),
 }
 
-# 95% two-sided Student-t quantiles by degrees of freedom.
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447,
-         7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228, 20: 2.086, 30: 2.042}
-
-
-def interval(values) -> tuple[float, float]:
-  """Mean and half-width of the 95% Student-t interval of the mean."""
-  v = np.asarray(values, np.float64)
-  if len(v) < 2:
-    return float(v.mean()), math.nan
-  t = _T975[max(k for k in _T975 if k <= len(v) - 1)]
-  return float(v.mean()), float(t * v.std(ddof=1) / np.sqrt(len(v)))
-
-
-def fmt(values, scale=1.0, digits=2) -> str:
-  m, h = interval(np.asarray(values) * scale)
-  return f'{m:.{digits}f} ± {h:.{digits}f}'
-
-
 def _cleaning_rows(runs) -> list:
   rows = []
   for model, rs in runs.items():
@@ -94,13 +74,13 @@ def _cleaning_rows(runs) -> list:
             else f'MLP 784-{cfg.hidden}-10')
     rows.append([
         f'{name}, T = {cfg.num_steps}, reverse mode',
-        fmt([r['oracle'] for r in rs], 100),
-        fmt([r['baseline'] for r in rs], 100),
-        fmt([r['cleaned'] for r in rs], 100),
-        fmt([r['gap_closed'] for r in rs], 100, 0),
-        fmt([r['precision'] for r in rs], 1, 3),
-        fmt([r['recall'] for r in rs], 1, 3),
-        fmt([r['f1'] for r in rs], 1, 3),
+        common.fmt_interval([r['oracle'] for r in rs], 100),
+        common.fmt_interval([r['baseline'] for r in rs], 100),
+        common.fmt_interval([r['cleaned'] for r in rs], 100),
+        common.fmt_interval([r['gap_closed'] for r in rs], 100, 0),
+        common.fmt_interval([r['precision'] for r in rs], 1, 3),
+        common.fmt_interval([r['recall'] for r in rs], 1, 3),
+        common.fmt_interval([r['f1'] for r in rs], 1, 3),
         f'{np.mean([r["seconds_per_hypergradient"] for r in rs]):.2f}',
         f'{np.mean([r["plain_seconds"] for r in rs]):.2f}',
         f'{cfg.outer_steps} outer steps, '
@@ -123,12 +103,13 @@ def _rtho_rows(rtho) -> list:
             f'{np.mean([r["search_seconds"] for r in rs]):.0f} s')
     rows.append([
         f'softmax regression, N = {rtho["num_train"]}, {label}',
-        fmt([b['oracle'] for b in base], 100),
-        fmt([b['baseline'] for b in base], 100),
-        fmt([r['cleaned'] for r in rs], 100), fmt(gap, 100, 0),
-        fmt([r['precision'] for r in rs], 1, 3),
-        fmt([r['recall'] for r in rs], 1, 3),
-        fmt([r['f1'] for r in rs], 1, 3), '-', '-', cost])
+        common.fmt_interval([b['oracle'] for b in base], 100),
+        common.fmt_interval([b['baseline'] for b in base], 100),
+        common.fmt_interval([r["cleaned"] for r in rs], 100),
+        common.fmt_interval(gap, 100, 0),
+        common.fmt_interval([r['precision'] for r in rs], 1, 3),
+        common.fmt_interval([r['recall'] for r in rs], 1, 3),
+        common.fmt_interval([r['f1'] for r in rs], 1, 3), '-', '-', cost])
   return rows
 
 

@@ -7,7 +7,7 @@ on its own 10 positive and 10 negative examples, coupled by
 ``sum_jk A_jk ||w_j - w_k||^2`` (Franceschi et al. 2017's task interactions);
 ``A`` (a ``hypergrad.ConstantLeaf``) learned by reverse-mode hypergradients
 of the validation loss (300 examples), Adam projected onto symmetric
-non-negative matrices. Test accuracy (360 images, the class of the highest
+non-negative matrices (zero diagonal). Test accuracy (360 images, the class of the highest
 task score) of independent tasks, the best fixed all-equal coupling and the
 learned matrix, with 95% Student-t intervals over seeds. Writes
 ``benchmarks/results/task_interactions.{md,json,png}``.
@@ -25,7 +25,6 @@ from absl import flags
 import numpy as np
 
 from benchmarks import common
-from benchmarks import hypercleaning
 from hypergrad.experiments import task_interactions as ti
 
 _SEEDS = flags.DEFINE_integer('seeds', 5, 'Independent draws of the tasks.')
@@ -70,7 +69,7 @@ def main(argv):
   seconds = time.perf_counter() - start
   command = ('python -m benchmarks.task_interactions ' + ' '.join(
       sys.argv[1:])).strip()
-  fmt = hypercleaning.fmt
+  fmt = common.fmt_interval
   rows = []
   for key, label in (('independent', 'independent tasks (A = 0)'),
                      ('all_equal', 'fixed all-equal coupling (best c of the '
@@ -91,7 +90,7 @@ def main(argv):
       f'L2 {config.l2}) on sum_j L_j(w_j) + sum_jk A_jk ||w_j - w_k||^2; A '
       f'learned by reverse-mode hypergradients of the validation loss (300 '
       f'examples), {config.outer_steps} Adam steps ({config.outer_lr}) '
-      'projected onto symmetric non-negative matrices, from the best '
+      'projected onto symmetric non-negative matrices with zero diagonal, from the best '
       f'all-equal c of {list(config.grid[1:])}. Test accuracy on the 360 '
       'test digits (the class of the highest task score), mean ± 95% '
       'Student-t half-width over seeds.', '',

@@ -17,11 +17,13 @@ def test_learned_coupling_beats_the_fixed_ones_on_validation():
     r = ti.run(data, config)
   a = np.asarray(r['matrix'])
   np.testing.assert_allclose(a, a.T)
-  assert (a >= 0).all()
+  assert (a >= 0).all() and (np.diag(a) == 0).all()
   assert r['val_loss_learned'] < r['val_loss_all_equal'] <= (
       r['val_loss_independent'])
 
 
 def test_symmetric_non_negative_projection():
-  a = ti.SymmetricNonNegative()(jnp.array([[1.0, -3.0], [1.0, 2.0]]))
-  np.testing.assert_allclose(a, [[1.0, 0.0], [0.0, 2.0]])
+  a = ti.SymmetricNonNegative()(jnp.array([[1.0, -3.0], [5.0, 2.0]]))
+  np.testing.assert_allclose(a, [[0.0, 1.0], [1.0, 0.0]])
+  b = ti.SymmetricNonNegative()(jnp.array([[1.0, -3.0], [1.0, 2.0]]))
+  np.testing.assert_allclose(b, 0.0)

@@ -10,7 +10,7 @@ whose ``K x K`` interaction matrix ``A`` (non-negative, symmetric) is the
 hyperparameter, a :class:`hypergrad.ConstantLeaf`, learned by reverse-mode
 hypergradients of the tasks' validation loss through the whole
 gradient-descent run; the outer step is Adam followed by the projection onto
-symmetric non-negative matrices. Compared with independent tasks (``A = 0``)
+symmetric non-negative matrices (zero diagonal). Compared with independent tasks (``A = 0``)
 and a fixed all-equal coupling (``A_jk = c`` off the diagonal, ``c`` the
 best of a grid on the validation loss, also the learned matrix's start).
 Accuracy is the one-vs-rest classifier's: the class of the highest score.
@@ -78,9 +78,14 @@ def make_data(seed: int, *, per_task: int = 10, num_val: int = 300,
 
 
 def pairwise_sq(w: jax.Array) -> jax.Array:
-  """``||w_j - w_k||^2`` for every pair of rows of ``w``: ``(K, K)``."""
+  """``||w_j - w_k||^2`` for every pair of rows of ``w``: ``(K, K)``.
+
+  The diagonal is exactly 0: round-off there would give ``A_jj`` a tiny
+  hypergradient that Adam, which divides by its size, turns into full steps.
+  """
   sq = jnp.sum(w * w, axis=1)
-  return jnp.maximum(sq[:, None] + sq[None, :] - 2 * w @ w.T, 0)
+  off = 1 - jnp.eye(w.shape[0], dtype=w.dtype)
+  return jnp.maximum(sq[:, None] + sq[None, :] - 2 * w @ w.T, 0) * off
 
 
 def train_loss(x_tasks, y_tasks, l2, w, t, hparams_t):
@@ -109,14 +114,17 @@ def accuracy(w, x, y) -> float:
 
 
 class SymmetricNonNegative(NamedTuple):
-  """Projection onto symmetric matrices with non-negative entries.
+  """Projection onto symmetric matrices with non-negative entries, diagonal 0.
 
-  The average of ``A`` and its transpose, clipped at 0: the nearest such
-  matrix in Frobenius norm (the two sets' projections commute here).
+  The average of ``A`` and its transpose, clipped at 0, its diagonal (a
+  task's coupling with itself, which has no effect) set to 0: the nearest
+  such matrix in Frobenius norm (the three constraints act entrywise on
+  symmetric pairs, so their projections compose).
   """
 
   def __call__(self, a):
-    return jnp.maximum(0.5 * (a + a.T), 0).astype(a.dtype)
+    off = 1 - jnp.eye(a.shape[0], dtype=a.dtype)
+    return (jnp.maximum(0.5 * (a + a.T), 0) * off).astype(a.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
