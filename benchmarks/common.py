@@ -117,3 +117,23 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
            '|' + '|'.join('---' for _ in header) + '|']
   lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
   return '\n'.join(lines)
+
+
+# 95% two-sided Student-t quantiles by degrees of freedom.
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447,
+         7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228, 20: 2.086, 30: 2.042}
+
+
+def t_interval(values) -> tuple[float, float]:
+  """Mean and half-width of the 95% Student-t interval of the mean."""
+  v = np.asarray(values, np.float64)
+  if len(v) < 2:
+    return float(v.mean()), float('nan')
+  t = _T975[max(k for k in _T975 if k <= len(v) - 1)]
+  return float(v.mean()), float(t * v.std(ddof=1) / np.sqrt(len(v)))
+
+
+def fmt_interval(values, scale: float = 1.0, digits: int = 2) -> str:
+  """``'mean ± half-width'`` of the 95% t-interval of ``values * scale``."""
+  m, h = t_interval(np.asarray(values, np.float64) * scale)
+  return f'{m:.{digits}f} ± {h:.{digits}f}'

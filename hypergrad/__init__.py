@@ -35,13 +35,17 @@ from hypergrad._src.online import OnlineMethod
 from hypergrad._src.online import run_online
 from hypergrad._src.outer import ProjectState
 from hypergrad._src.outer import SignDescentState
+from hypergrad._src.outer import box
 from hypergrad._src.outer import chain
 from hypergrad._src.outer import meta_optimizer
+from hypergrad._src.outer import positive_definite
 from hypergrad._src.outer import project
+from hypergrad._src.outer import projection
 from hypergrad._src.outer import scale_by_kind
 from hypergrad._src.outer import scale_by_sign_descent
 from hypergrad._src.outer import settled
 from hypergrad._src.outer import sign_descent
+from hypergrad._src.outer import simplex
 from hypergrad._src.population import AGGREGATES
 from hypergrad._src.population import PopulationAggregate
 from hypergrad._src.population import PopulationResult
@@ -56,7 +60,9 @@ from hypergrad._src.reverse import reverse
 from hypergrad._src.reverse import reverse_hypergrad
 from hypergrad._src.rtho import RTHOState
 from hypergrad._src.rtho import rtho
+from hypergrad._src.schedule import ConstantLeaf
 from hypergrad._src.schedule import constant
+from hypergrad._src.schedule import constant_leaf
 from hypergrad._src.schedule import expand
 from hypergrad._src.schedule import hparams_at
 from hypergrad._src.schedule import interval_index
@@ -83,6 +89,7 @@ __all__ = (
     'AGGREGATES',
     'Auto',
     'AutoChoice',
+    'ConstantLeaf',
     'DivergenceError',
     'Estimator',
     'Forward',
@@ -112,8 +119,10 @@ __all__ = (
     'aggregate_hypergrads',
     'auto',
     'calibrated_cross_entropy',
+    'box',
     'chain',
     'constant',
+    'constant_leaf',
     'expand',
     'fds_search',
     'finite_difference',
@@ -129,10 +138,12 @@ __all__ = (
     'optax_init',
     'optax_step',
     'optimal_temperature',
+    'positive_definite',
     'outer_init',
     'outer_step',
     'population_hypergrad',
     'project',
+    'projection',
     'reparametrize',
     'resample',
     'reverse',
@@ -146,6 +157,7 @@ __all__ = (
     'sgd_momentum_step',
     'sigmoid',
     'sign_descent',
+    'simplex',
     'softplus',
     'truncated_greedy',
     'unroll',

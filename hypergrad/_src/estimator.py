@@ -77,7 +77,9 @@ class Estimator:
     """The estimate, traceable (inside ``jit``, ``vmap``, ``lax.cond``).
 
     Performs no validation: callers inside a trace (truncated greedy,
-    population hypergradients) have validated already.
+    population hypergradients) have validated already. ``hparams`` holds
+    schedule leaves only: callers pass ``schedule.as_schedules(hparams)``
+    (a :class:`hypergrad.ConstantLeaf` as a one-interval schedule).
     """
     raise NotImplementedError
 
@@ -93,7 +95,8 @@ class Estimator:
         (counters, PRNG keys) are carried but not differentiated.
       hparams: pytree of schedule leaves ``(n, ...)``: ``n`` values shared
         over ``n`` contiguous intervals (``leaf[(t * n) // num_steps]`` at
-        step ``t``).
+        step ``t``), and :class:`hypergrad.ConstantLeaf` values of any
+        shape, in force at every step.
       num_steps: the horizon ``T``, a Python int.
       progress: optional :class:`hypergrad.Progress` host callback.
 
@@ -103,8 +106,13 @@ class Estimator:
     init_state, hparams, num_steps = validate_problem(init_state, hparams,
                                                       num_steps)
     unroll_lib.validate_progress(progress)
-    return _run(self, num_steps, progress, unroll_lib.as_pytree_fn(step_fn),
-                unroll_lib.as_pytree_fn(loss_fn), init_state, hparams)
+    # `compute` sees schedules only: a ConstantLeaf is a one-interval
+    # schedule there, and its hypergradient is wrapped back below.
+    result = _run(self, num_steps, progress, unroll_lib.as_pytree_fn(step_fn),
+                  unroll_lib.as_pytree_fn(loss_fn), init_state,
+                  schedule.as_schedules(hparams))
+    return result._replace(
+        hypergrads=schedule.like_hparams(result.hypergrads, hparams))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))

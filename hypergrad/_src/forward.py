@@ -71,10 +71,14 @@ class Direction(NamedTuple):
 
 def directions(hparams: PyTree, num_steps: int,
                skip_unstarted: bool = True) -> list[Direction]:
-  """All scalar hyperparameter values, ordered by the step their tangent begins."""
+  """All scalar hyperparameter values, ordered by the step their tangent begins.
+
+  A :class:`hypergrad.ConstantLeaf` counts as one interval: every tangent of
+  its values begins at step 0.
+  """
   out, offset = [], 0
-  for l, leaf in enumerate(jax.tree.leaves(hparams)):
-    n, tail = leaf.shape[0], int(np.prod(leaf.shape[1:], dtype=np.int64))
+  for l, shape in enumerate(schedule.schedule_shapes(hparams)):
+    n, tail = shape[0], int(np.prod(shape[1:], dtype=np.int64))
     starts = schedule.interval_starts(n, num_steps)
     for i in range(n):
       for j in range(tail):

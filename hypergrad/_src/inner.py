@@ -8,6 +8,12 @@ the same step learns any subset of them.
 A hyperparameter value may be a scalar, an array broadcastable against every
 parameter leaf, or a pytree that is a prefix of the parameters (one value per
 layer, say): ``{'lr': {'Dense_0': ..., 'Dense_1': ...}}``.
+
+With ``loss_hparams=True`` the training loss sees the hyperparameters too,
+``train_loss_fn(params, t, hparams_t)``: a weighted loss (one weight per
+training example, a :class:`hypergrad.ConstantLeaf`) or a coupling between
+tasks needs no hand-written step. Names the optimiser does not know are
+then the loss's.
 """
 
 from __future__ import annotations
@@ -69,11 +75,18 @@ def _lookup(hparams_t: Mapping[str, Any], name: str, fixed: Mapping[str, Any]):
   return fixed[name]
 
 
-def _loss_and_grad(train_loss_fn, with_model_state):
+def _loss_and_grad(train_loss_fn, with_model_state, loss_hparams=False):
+  """``value_and_grad`` of ``(params, model_state, t, hparams_t)``."""
   if with_model_state:
-    return jax.value_and_grad(train_loss_fn, has_aux=True)
-  def wrapped(params, model_state, t):
-    return train_loss_fn(params, t), model_state
+    def wrapped(params, model_state, t, hparams_t):
+      if loss_hparams:
+        return train_loss_fn(params, model_state, t, hparams_t)
+      return train_loss_fn(params, model_state, t)
+  else:
+    def wrapped(params, model_state, t, hparams_t):
+      if loss_hparams:
+        return train_loss_fn(params, t, hparams_t), model_state
+      return train_loss_fn(params, t), model_state
   return jax.value_and_grad(wrapped, has_aux=True)
 
 
@@ -88,7 +101,8 @@ def _clip(grads, max_norm):
 def sgd_momentum_step(train_loss_fn: Callable[..., Any], *,
                       lr=None, momentum=0.0, weight_decay=0.0,
                       with_model_state: bool = False,
-                      max_grad_norm: float | None = None):
+                      max_grad_norm: float | None = None,
+                      loss_hparams: bool = False):
   """Builds the FDS inner step: SGD with momentum and coupled weight decay.
 
   With gradient ``g`` of the training loss on the minibatch of step ``t``:
@@ -106,6 +120,10 @@ def sgd_momentum_step(train_loss_fn: Callable[..., Any], *,
     with_model_state: see ``train_loss_fn``.
     max_grad_norm: clip the minibatch gradient to this global norm (the FDS
       reference clamps inner gradients in some experiments); None: no clip.
+    loss_hparams: pass the step's hyperparameters to the loss as a last
+      argument, ``train_loss_fn(params, t, hparams_t)`` (or ``(params,
+      model_state, t, hparams_t)``); names other than SGD's are then allowed
+      and left to the loss.
 
   Returns:
     ``step_fn(state: SGDState, hparams_t, t) -> SGDState``.
@@ -114,16 +132,26 @@ def sgd_momentum_step(train_loss_fn: Callable[..., Any], *,
     >>> step_fn = sgd_momentum_step(lambda w, t: jnp.sum(w ** 2))
     >>> state = sgd_init(jnp.ones(3))
     >>> state = step_fn(state, {'lr': 0.1, 'momentum': 0.9}, 0)
+
+    A loss weighted per example, the weights learned as hyperparameters:
+
+    >>> x, y = jnp.ones((4, 3)), jnp.arange(4.0)
+    >>> weighted = lambda w, t, h: jnp.mean(h['weights'] * (x @ w - y) ** 2)
+    >>> step_fn = sgd_momentum_step(weighted, lr=0.1, loss_hparams=True)
+    >>> state = step_fn(sgd_init(jnp.zeros(3)), {'weights': jnp.ones(4)}, 0)
   """
   fixed = {'lr': lr, 'momentum': momentum, 'weight_decay': weight_decay}
-  value_and_grad = _loss_and_grad(train_loss_fn, with_model_state)
+  value_and_grad = _loss_and_grad(train_loss_fn, with_model_state,
+                                  loss_hparams)
 
   def step_fn(state: SGDState, hparams_t, t) -> SGDState:
     unknown = set(hparams_t) - set(SGD_HPARAMS)
-    if unknown:
+    if unknown and not loss_hparams:
       raise KeyError(f'SGD has no hyperparameter(s) {sorted(unknown)}; '
-                     f'known: {list(SGD_HPARAMS)}.')
-    (_, model_state), grads = value_and_grad(state.params, state.model_state, t)
+                     f'known: {list(SGD_HPARAMS)}. For a loss that reads '
+                     'them, build the step with loss_hparams=True.')
+    (_, model_state), grads = value_and_grad(state.params, state.model_state, t,
+                                             hparams_t)
     grads = _clip(grads, max_grad_norm)
     mom = _lookup(hparams_t, 'momentum', fixed)
     wd = _lookup(hparams_t, 'weight_decay', fixed)
@@ -155,7 +183,8 @@ def optax_init(optimizer: optax.GradientTransformation, params: PyTree,
 def optax_step(train_loss_fn: Callable[..., Any],
                optimizer: optax.GradientTransformation, *,
                with_model_state: bool = False,
-               max_grad_norm: float | None = None):
+               max_grad_norm: float | None = None,
+               loss_hparams: bool = False):
   """Builds an inner step from any optax optimiser with injectable hyperparameters.
 
   The optimiser must come from ``optax.inject_hyperparams``; at every step the
@@ -167,6 +196,9 @@ def optax_step(train_loss_fn: Callable[..., Any],
     optimizer: e.g. ``optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)``.
     with_model_state: as in :func:`sgd_momentum_step`.
     max_grad_norm: optional global-norm clip of the minibatch gradient.
+    loss_hparams: as in :func:`sgd_momentum_step`: the loss gets
+      ``hparams_t`` last, and names the optimiser cannot inject are the
+      loss's.
 
   Returns:
     ``step_fn(state: OptaxState, hparams_t, t) -> OptaxState``.
@@ -177,7 +209,8 @@ def optax_step(train_loss_fn: Callable[..., Any],
     >>> state = optax_init(opt, jnp.ones(3))
     >>> state = step_fn(state, {'learning_rate': 0.01, 'b1': 0.8}, 0)
   """
-  value_and_grad = _loss_and_grad(train_loss_fn, with_model_state)
+  value_and_grad = _loss_and_grad(train_loss_fn, with_model_state,
+                                  loss_hparams)
 
   def step_fn(state: OptaxState, hparams_t, t) -> OptaxState:
     opt_state = state.opt_state
@@ -185,15 +218,19 @@ def optax_step(train_loss_fn: Callable[..., Any],
       raise TypeError('optax_step needs an optimiser built with '
                       'optax.inject_hyperparams; its state has no hyperparams.')
     unknown = set(hparams_t) - set(opt_state.hyperparams)
-    if unknown:
+    if unknown and not loss_hparams:
       raise KeyError(
           f'the optimiser has no injectable hyperparameter(s) '
-          f'{sorted(unknown)}; injectable: {sorted(opt_state.hyperparams)}.')
+          f'{sorted(unknown)}; injectable: {sorted(opt_state.hyperparams)}. '
+          'For a loss that reads them, build the step with '
+          'loss_hparams=True.')
     hyper = dict(opt_state.hyperparams)
     for name, value in hparams_t.items():
-      hyper[name] = jnp.asarray(value).astype(jnp.result_type(hyper[name]))
+      if name in hyper:
+        hyper[name] = jnp.asarray(value).astype(jnp.result_type(hyper[name]))
     opt_state = opt_state._replace(hyperparams=hyper)
-    (_, model_state), grads = value_and_grad(state.params, state.model_state, t)
+    (_, model_state), grads = value_and_grad(state.params, state.model_state, t,
+                                             hparams_t)
     grads = _clip(grads, max_grad_norm)
     updates, opt_state = optimizer.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

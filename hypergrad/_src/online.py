@@ -144,16 +144,26 @@ def meta_apply(meta_opt, meta_state, values, hypergrad):
 
 
 def initial_values(hparams: PyTree, method: str) -> PyTree:
-  """Checks the single-interval contract and drops the interval axis."""
+  """Checks the single-interval contract and drops the interval axis.
+
+  A :class:`hypergrad.ConstantLeaf` (per-example weights, say) is already
+  one current value: it becomes its array.
+  """
   for name, leaf in zip(schedule.leaf_names(hparams),
-                        jax.tree.leaves(hparams)):
+                        jax.tree.leaves(hparams,
+                                        is_leaf=schedule.is_constant_leaf)):
+    if schedule.is_constant_leaf(leaf):
+      continue
     shape = np.shape(leaf)
     if len(shape) == 0 or shape[0] != 1:
       raise ValueError(
           f'{method} learns one current value per hyperparameter: give '
           f'hparams leaves a single interval axis, shape (1, ...) (e.g. '
-          f'hypergrad.constant(value)); leaf {name} has shape {shape}.')
-  return jax.tree.map(lambda h: jnp.asarray(h)[0], hparams)
+          f'hypergrad.constant(value)), or declare them '
+          f'hypergrad.constant_leaf(value); leaf {name} has shape {shape}.')
+  return jax.tree.map(
+      lambda h: h.value if schedule.is_constant_leaf(h) else jnp.asarray(h)[0],
+      hparams, is_leaf=schedule.is_constant_leaf)
 
 
 def check_unroll(step_fn, loss_fn, inner_state, hparams):
@@ -213,7 +223,9 @@ def run_online(method: OnlineMethod, init_state: PyTree, hparams: PyTree,
   Returns:
     ``(final_inner_state, schedule)``: the inner state after ``T`` steps, and
     the values actually used at every step: the structure and dtypes of
-    ``hparams`` with leaves ``(T, ...)``, a valid ``T``-interval schedule.
+    ``hparams`` with leaves ``(T, ...)``, a valid ``T``-interval schedule (a
+    :class:`hypergrad.ConstantLeaf` comes back as its values at every step,
+    a plain ``(T, ...)`` leaf).
 
   Raises:
     ValueError, TypeError: bad ``num_steps`` or ``hparams``, an ``every`` /

@@ -219,6 +219,176 @@ def project(bounds=None) -> optax.GradientTransformation:
 
 
 # ---------------------------------------------------------------------------
+# Projections onto constraint sets of any shape (boxes, simplices, the
+# positive-definite cone), for hyperparameters that are not schedules.
+
+
+class _Box(NamedTuple):
+  lo: float
+  hi: float
+
+  def __call__(self, x):
+    return jnp.clip(x, self.lo, self.hi).astype(x.dtype)
+
+
+def box(lo=None, hi=None):
+  """Euclidean projection onto ``[lo, hi]`` elementwise (None: unbounded).
+
+  Example:
+    >>> import jax.numpy as jnp, hypergrad
+    >>> hypergrad.box(0.0, 1.0)(jnp.array([-0.5, 0.25, 2.0])).tolist()
+    [0.0, 0.25, 1.0]
+  """
+  lo, hi = validation.check_bounds((lo, hi), 'box')
+  return _Box(lo, hi)
+
+
+class _Simplex(NamedTuple):
+  total: float
+
+  def __call__(self, x):
+    # Sort-based Euclidean projection of each row onto {v >= 0, sum v = z}
+    # (Duchi et al. 2008): exact, differentiable almost everywhere, no loop.
+    z = jnp.asarray(self.total, x.dtype)
+    d = x.shape[-1]
+    u = -jnp.sort(-x, axis=-1)
+    css = jnp.cumsum(u, axis=-1) - z
+    k = jnp.arange(1, d + 1, dtype=x.dtype)
+    rho = jnp.sum(u - css / k > 0, axis=-1, keepdims=True)
+    theta = jnp.take_along_axis(css, rho - 1, axis=-1) / rho.astype(x.dtype)
+    return jnp.maximum(x - theta, 0).astype(x.dtype)
+
+
+def simplex(total: float = 1.0):
+  """Euclidean projection of every row (last axis) onto the simplex.
+
+  ``{v : v >= 0, sum(v) = total}``: a row-normalised (row-stochastic)
+  interaction matrix, or mixture weights.
+
+  Example:
+    >>> import jax.numpy as jnp, hypergrad
+    >>> hypergrad.simplex()(jnp.array([[2.0, 0.0, 1.0]])).tolist()
+    [[1.0, 0.0, 0.0]]
+  """
+  return _Simplex(validation.check_positive(total, 'total'))
+
+
+class _PositiveDefinite(NamedTuple):
+  min_eig: float
+
+  def __call__(self, x):
+    # Symmetrise, then clip the eigenvalues from below: the nearest (in
+    # Frobenius norm) symmetric matrix with every eigenvalue >= min_eig.
+    sym = 0.5 * (x + jnp.swapaxes(x, -1, -2))
+    eig, vec = jnp.linalg.eigh(sym)
+    eig = jnp.maximum(eig, jnp.asarray(self.min_eig, eig.dtype))
+    return ((vec * eig[..., None, :]) @ jnp.swapaxes(vec, -1, -2)).astype(
+        x.dtype)
+
+
+def positive_definite(min_eig: float = 1e-3):
+  """Projection of a square matrix onto ``{A = A^T, eig(A) >= min_eig}``.
+
+  Example:
+    >>> import jax.numpy as jnp, hypergrad
+    >>> a = hypergrad.positive_definite(0.1)(jnp.array([[1.0, 2.0],
+    ...                                                  [2.0, 1.0]]))
+    >>> bool(jnp.linalg.eigvalsh(a).min() >= 0.1 - 1e-6)
+    True
+  """
+  return _PositiveDefinite(validation.check_positive(min_eig, 'min_eig'))
+
+
+class _ProjectionInit(NamedTuple):
+  projections: tuple  # ((name, fn), ...): static, so fn need not be an array
+
+  def __call__(self, params):
+    return _projection_init(dict(self.projections), params)
+
+
+class _ProjectionUpdate(NamedTuple):
+  projections: tuple
+
+  def __call__(self, updates, state, params=None):
+    return _projection_update(dict(self.projections), updates, state, params)
+
+
+def _projection_init(projections, params):
+  # Checked here, where the outer loop starts (before any hypergradient): a
+  # projection must return the shape and dtype it was given.
+  if not isinstance(params, Mapping):
+    raise ValueError('projections are given by hyperparameter name, but the '
+                     'hyperparameters are not a mapping of named kinds.')
+  unknown = sorted(set(projections) - set(params))
+  if unknown:
+    raise ValueError(f'projections name unknown hyperparameter(s) {unknown}; '
+                     f'the hyperparameters are {sorted(params)}.')
+  for name, fn in projections.items():
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params[name])[0]:
+      where = f'[{name!r}]{jax.tree_util.keystr(path)}'
+      want = jax.ShapeDtypeStruct(jnp.shape(leaf), jnp.result_type(leaf))
+      try:
+        got = jax.eval_shape(lambda v, fn=fn: fn(v), want)
+      except Exception as e:  # pylint: disable=broad-except
+        raise ValueError(f'the projection of hyperparameter {where} fails on '
+                         f'its value {want.dtype}{list(want.shape)}: '
+                         f'{type(e).__name__}: {e}') from e
+      if (not isinstance(got, jax.ShapeDtypeStruct) or got.shape != want.shape
+          or got.dtype != want.dtype):
+        raise ValueError(
+            f'the projection of hyperparameter {where} must return the shape '
+            f'and dtype it is given, {want.dtype}{list(want.shape)}; it '
+            f'returns {got}.')
+  return optax.EmptyState()
+
+
+def _projection_update(projections, updates, state, params=None):
+  if params is None:
+    raise ValueError('projection needs the current hyperparameters: call '
+                     'update(updates, state, params).')
+  out = dict(updates)
+  for name, fn in projections.items():
+    out[name] = jax.tree.map(
+        lambda h, u, fn=fn: (fn(h + u) - h).astype(h.dtype), params[name],
+        updates[name])
+  return out, state
+
+
+def projection(projections: Mapping[str, Any]
+               ) -> optax.GradientTransformation:
+  """Keeps each named hyperparameter in a set: ``h + u`` projected onto it.
+
+  Chain it after any optax transformation (``hypergrad.chain(optax.adam(0.1),
+  hypergrad.projection({'weights': hypergrad.box(0, 1)}))``): the update
+  becomes ``P(h + u) - h``, so ``optax.apply_updates`` lands on ``P(h + u)``.
+  Each projection is applied to every array of its hyperparameter (a
+  :class:`hypergrad.ConstantLeaf`'s value, or a schedule's ``(n, ...)``
+  array as a whole); names left out are not projected.
+
+  Args:
+    projections: name -> ``fn(array) -> array`` of the same shape and dtype,
+      e.g. :func:`box`, :func:`simplex`, :func:`positive_definite`, or a
+      function of your own (make it a hashable value, such as a
+      ``NamedTuple`` with ``__call__``, to compile once).
+
+  Returns:
+    An optax ``GradientTransformation``; its ``update`` needs ``params``.
+    ``init`` raises ValueError, naming the hyperparameter, for a projection
+    that returns another shape or dtype, fails on the value, or names a
+    hyperparameter that is not there: before any hypergradient is computed.
+  """
+  if not isinstance(projections, Mapping) or not projections:
+    raise ValueError(f'projections must be a non-empty mapping name -> '
+                     f'function, got {projections!r}.')
+  for name, fn in projections.items():
+    if not callable(fn):
+      raise TypeError(f'projections[{name!r}] is not callable: {fn!r}.')
+  static = tuple(projections.items())
+  return optax.GradientTransformation(
+      Partial(_ProjectionInit(static)), Partial(_ProjectionUpdate(static)))
+
+
+# ---------------------------------------------------------------------------
 # Chaining, keeping the result a pytree of numbers.
 
 

@@ -49,6 +49,7 @@ import numpy as np
 from hypergrad._src import devices as devices_lib
 from hypergrad._src import estimator as estimator_lib
 from hypergrad._src import forward as forward_lib
+from hypergrad._src import schedule
 from hypergrad._src import unroll as unroll_lib
 from hypergrad._src import validation
 
@@ -488,9 +489,14 @@ def population_hypergrad(step_fn, loss_fn, init_states, hparams,
   losses, grads, bad, finals = _members(
       estimator, num_steps, step_spec, loss_spec, member_batch, mesh,
       member_axis, step_shared,
-      step_batched, loss_shared, loss_batched, init_states, hparams)
+      step_batched, loss_shared, loss_batched, init_states,
+      schedule.as_schedules(hparams))
   agg = _aggregate(aggregate, grads, float(trim),
                    float(0.0 if min_agreement is None else min_agreement))
+  # Per-value summaries are wrapped back like hparams (a ConstantLeaf's
+  # interval axis dropped); the members' hypergradients keep the
+  # one-interval form, (S, 1, ...).
+  agg = PopulationAggregate(*[schedule.like_hparams(f, hparams) for f in agg])
   stats = PopulationStats(losses, grads, agg.mean, agg.stderr, agg.snr,
                           agg.sign_agreement, agg.undecided, bad, finals)
   return PopulationResult(jnp.mean(losses), agg.hypergrads, stats)

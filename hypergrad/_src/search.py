@@ -32,10 +32,15 @@ import optax
 from hypergrad._src import estimator as estimator_lib
 from hypergrad._src import outer
 from hypergrad._src import population as population_lib
+from hypergrad._src import registry
 from hypergrad._src import validation
 
 PyTree = Any
 HypergradFn = Callable[[PyTree, int], tuple[jax.Array, PyTree]]
+ScoreFn = Callable[[Any, float], float]
+
+# A leaf with more values than this is summarised, not printed, in errors.
+_PRINT_VALUES = 20
 
 
 class DivergenceError(FloatingPointError):
@@ -59,6 +64,9 @@ class OuterState(NamedTuple):
       loss so far (the initial values before any step).
     best_loss: their validation loss (``inf`` before any accepted step).
     best_step: the outer step that evaluated them (-1: none yet).
+    best_score: the score that made them the best: their validation loss,
+      or what the loop's ``score`` hook returned (lower is better; ``inf``
+      before any accepted step).
   """
   hparams: PyTree
   last_good: PyTree
@@ -70,6 +78,7 @@ class OuterState(NamedTuple):
   best_hparams: PyTree = None
   best_loss: float = float('inf')
   best_step: int = -1
+  best_score: float = float('inf')
 
 
 def init(hparams: Mapping[str, PyTree],
@@ -87,6 +96,42 @@ def _all_finite(tree) -> bool:
 def _norm(tree) -> float:
   return float(np.sqrt(sum(float(jnp.sum(jnp.square(x.astype(jnp.float32))))
                            for x in jax.tree.leaves(tree))))
+
+
+def summarize(tree) -> PyTree:
+  """Values for a message: small leaves as lists, large ones summarised.
+
+  A leaf of more than 20 values (5,000 per-example weights) becomes a line
+  with its shape, min, mean and max, so an error stays readable.
+  """
+  def one(x):
+    x = np.asarray(x)
+    if x.size <= _PRINT_VALUES:
+      return x.tolist()
+    finite = np.isfinite(x)
+    stats = (f'min {np.min(x[finite]):.4g}, mean {np.mean(x[finite]):.4g}, '
+             f'max {np.max(x[finite]):.4g}' if finite.any() else 'no finite')
+    bad = int(x.size - finite.sum())
+    return (f'<{x.dtype}{list(x.shape)}: {stats}'
+            + (f', {bad} non-finite' if bad else '') + '>')
+  return jax.tree.map(one, tree)
+
+
+def _default_opt(hparams) -> optax.GradientTransformation:
+  """FDS's sign descent, for hyperparameters whose names it has steps for."""
+  known = registry.ALL_OUTER_STEPS
+  names = sorted(hparams) if isinstance(hparams, Mapping) else None
+  unknown = (['<not a mapping by name>'] if names is None
+             else [k for k in names if k not in known])
+  if unknown:
+    raise ValueError(
+        f'the default outer optimiser, hypergrad.sign_descent(), has initial '
+        f'step sizes for {sorted(known)} only; hyperparameter(s) {unknown} '
+        f'have none. Pass opt=..., e.g. opt=hypergrad.sign_descent('
+        f'{{name: step, ...}}) with a step for every name, or any optax '
+        f'transformation such as hypergrad.chain(optax.adam(0.1), '
+        f'hypergrad.projection({{name: hypergrad.box(0, 1)}})).')
+  return outer.sign_descent()
 
 
 def _check_factor(divergence_factor) -> None:
@@ -129,7 +174,8 @@ def _effective_step_sizes(state: OuterState):
 def step(hypergrad_fn: HypergradFn, opt: optax.GradientTransformation,
          state: OuterState, *, tol: float = 0.05,
          divergence_factor: float | None = 10.0,
-         collapse_loss: float | None = None) -> tuple[OuterState, dict]:
+         collapse_loss: float | None = None,
+         score: ScoreFn | None = None) -> tuple[OuterState, dict]:
   """One outer step.
 
   Args:
@@ -154,6 +200,11 @@ def step(hypergrad_fn: HypergradFn, opt: optax.GradientTransformation,
       off. A search whose initial values are already at or above it (a
       learning rate of 0 trains nothing) has nothing to collapse from and
       is judged without it.
+    score: None (the best evaluated values are those of the lowest
+      validation loss), or ``score(out, val_loss) -> float``, lower is
+      better, called on an accepted step with what ``hypergrad_fn``
+      returned (e.g. minus a validation accuracy computed from a
+      :class:`hypergrad.HypergradResult`'s final inner state).
 
   Returns:
     ``(new_state, record)`` where ``record`` holds the step's metrics:
@@ -162,7 +213,8 @@ def step(hypergrad_fn: HypergradFn, opt: optax.GradientTransformation,
     if none, None if unknown), ``sign_agreement`` (a population's, like
     ``hparams``; else None), ``hypergrad_norm``, ``hypergrads``,
     ``hparams`` (the values evaluated), ``step_sizes`` (sign descent's, else
-    None), ``seconds``.
+    None), ``score`` (the hook's value; the validation loss without it;
+    nan for a rejected step), ``seconds``.
 
   Raises:
     ValueError: ``divergence_factor`` not a number > 1 or None, or a bad
@@ -211,7 +263,12 @@ def step(hypergrad_fn: HypergradFn, opt: optax.GradientTransformation,
     updates = jax.tree.map(lambda u: (u * state.update_scale).astype(u.dtype),
                            updates)
     hparams = optax.apply_updates(state.hparams, updates)
-    better = loss < state.best_loss
+    value = loss if score is None else float(score(out, loss))
+    # An older state (a checkpoint from before the hook) has no best_score:
+    # its best validation loss is its score.
+    best_score = (state.best_score if math.isfinite(state.best_score)
+                  or state.best_step < 0 else state.best_loss)
+    better = value < best_score
     new = state._replace(
         hparams=hparams, last_good=state.hparams, opt_state=opt_state,
         step=state.step + 1,
@@ -219,13 +276,15 @@ def step(hypergrad_fn: HypergradFn, opt: optax.GradientTransformation,
         initial_loss=initial_loss,
         best_hparams=state.hparams if better else state.best_hparams,
         best_loss=loss if better else state.best_loss,
-        best_step=state.step if better else state.best_step)
-    record.update(accepted=True, reason='', hypergrad_norm=_norm(grads))
+        best_step=state.step if better else state.best_step,
+        best_score=value if better else best_score)
+    record.update(accepted=True, reason='', hypergrad_norm=_norm(grads),
+                  score=value)
   else:
     if state.step == 0:
       raise DivergenceError(
           f'the inner run diverged at the initial hyperparameters '
-          f'{jax.tree.map(lambda x: np.asarray(x).tolist(), state.hparams)}: '
+          f'{summarize(state.hparams)}: '
           f'{reason}; start from smaller learning rates.')
     # Go halfway back to the last values that trained, with smaller steps.
     hparams = jax.tree.map(lambda h, g: (g + 0.5 * (h - g)).astype(h.dtype),
@@ -233,7 +292,8 @@ def step(hypergrad_fn: HypergradFn, opt: optax.GradientTransformation,
     new = state._replace(hparams=hparams, step=state.step + 1,
                          converged=False, initial_loss=initial_loss,
                          update_scale=state.update_scale * 0.5)
-    record.update(accepted=False, reason=reason, hypergrad_norm=float('nan'))
+    record.update(accepted=False, reason=reason, hypergrad_norm=float('nan'),
+                  score=float('nan'))
   record.update(step_sizes=_effective_step_sizes(new),
                 seconds=time.perf_counter() - start)
   return new, record
@@ -245,15 +305,19 @@ def run(hypergrad_fn: HypergradFn, hparams: Mapping[str, PyTree], *,
         divergence_factor: float | None = 10.0,
         collapse_loss: float | None = None,
         state: OuterState | None = None,
-        callback: Callable[[OuterState, dict], None] | None = None
+        callback: Callable[[OuterState, dict], None] | None = None,
+        score: ScoreFn | None = None
         ) -> tuple[OuterState, list[dict]]:
   """Runs outer steps until converged or ``max_outer_steps`` steps were taken.
 
   Args:
     hypergrad_fn: see :func:`step`.
     hparams: initial schedule values (ignored when ``state`` is given).
-    opt: outer optimiser, any optax ``GradientTransformation``; default
-      :func:`hypergrad.sign_descent` with the paper's steps.
+    opt: outer optimiser, any optax ``GradientTransformation`` (chain
+      :func:`hypergrad.projection` to it to stay in a box, a simplex or the
+      positive-definite cone); default :func:`hypergrad.sign_descent` with
+      the paper's steps, for the registry's names only (another name is
+      refused, saying to pass ``opt``).
     max_outer_steps: bound on outer steps (counting rejected ones).
     tol: convergence tolerance.
     divergence_factor: see :func:`step`.
@@ -261,6 +325,7 @@ def run(hypergrad_fn: HypergradFn, hparams: Mapping[str, PyTree], *,
     state: a loop state to resume from.
     callback: called after every outer step with ``(state, record)``, e.g.
       to log and checkpoint.
+    score: see :func:`step`: what picks ``best_hparams``.
 
   Returns:
     The final loop state and the list of records of the steps run here.
@@ -279,13 +344,14 @@ def run(hypergrad_fn: HypergradFn, hparams: Mapping[str, PyTree], *,
   validation.check_int(max_outer_steps, 'max_outer_steps')
   _check_factor(divergence_factor)
   _check_collapse(collapse_loss)
-  opt = opt or outer.sign_descent()
+  if opt is None:
+    opt = _default_opt(state.hparams if state is not None else hparams)
   state = state if state is not None else init(hparams, opt)
   records = []
   while state.step < max_outer_steps and not state.converged:
     state, record = step(hypergrad_fn, opt, state, tol=tol,
                          divergence_factor=divergence_factor,
-                         collapse_loss=collapse_loss)
+                         collapse_loss=collapse_loss, score=score)
     records.append(record)
     if callback is not None:
       callback(state, record)

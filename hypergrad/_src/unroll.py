@@ -148,7 +148,16 @@ def check_step_fn(step_fn: StepFn, loss_fn: LossFn | None, init_state: PyTree,
       dtype, or ``loss_fn`` does not return a real scalar.
   """
   h0 = schedule.hparams_at(hparams, 0, num_steps)
-  out = jax.eval_shape(step_fn, init_state, h0, jnp.zeros((), jnp.int32))
+  try:
+    out = jax.eval_shape(step_fn, init_state, h0, jnp.zeros((), jnp.int32))
+  except (TypeError, ValueError) as e:
+    # E.g. per-example weights of another length than the data: name the
+    # shapes the step was given rather than leave a bare broadcasting error.
+    shapes = jax.tree.map(lambda x: f'{jnp.result_type(x)}{list(np.shape(x))}',
+                          h0)
+    raise ValueError(
+        f'step_fn fails on the hyperparameters of step 0, {shapes}: '
+        f'{type(e).__name__}: {e}') from e
   in_def = jax.tree.structure(init_state)
   out_def = jax.tree.structure(out)
   if in_def != out_def:

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hypergrad._src import extras
+from hypergrad._src import schedule
 from hypergrad._src import search
 
 extras.require('launch', 'orbax')
@@ -45,11 +46,21 @@ class CheckpointError(RuntimeError):
   """A checkpoint exists but cannot be restored whole."""
 
 
+def _plain(tree: PyTree) -> PyTree:
+  """``tree`` with every ``hypergrad.ConstantLeaf`` replaced by its array.
+
+  orbax and JSON know dicts, lists and arrays; the template's structure
+  puts the wrappers back on restore.
+  """
+  return jax.tree.map(lambda x: x.value if schedule.is_constant_leaf(x)
+                      else x, tree, is_leaf=schedule.is_constant_leaf)
+
+
 def _to_tree(state: search.OuterState) -> dict:
   # Any optax state: its leaves by position; the template's structure puts
   # them back. Nothing is pickled. Host copies: the same checkpoint from one
   # process or many (see the module docstring).
-  host = lambda t: jax.tree.map(np.asarray, t)
+  host = lambda t: jax.tree.map(np.asarray, _plain(t))
   opt_leaves = jax.tree.leaves(state.opt_state)
   return {'hparams': host(state.hparams), 'last_good': host(state.last_good),
           'best_hparams': host(state.best_hparams),
@@ -60,19 +71,28 @@ def _to_tree(state: search.OuterState) -> dict:
           'initial_loss': np.asarray(state.initial_loss, np.float64),
           'update_scale': np.asarray(state.update_scale, np.float64),
           'best_loss': np.asarray(state.best_loss, np.float64),
-          'best_step': np.asarray(state.best_step, np.int64)}
+          'best_step': np.asarray(state.best_step, np.int64),
+          'best_score': np.asarray(state.best_score, np.float64)}
 
 
 def _from_tree(tree: dict, template: search.OuterState) -> search.OuterState:
-  as_jax = lambda t: jax.tree.map(jnp.asarray, t)
+  def as_jax(t, like):
+    # The template's structure, so ConstantLeaf wrappers come back.
+    return jax.tree.unflatten(jax.tree.structure(like),
+                              [jnp.asarray(x) for x in jax.tree.leaves(t)])
   leaves = [tree['opt_leaves'][k] for k in sorted(tree['opt_leaves'])]
   opt_state = jax.tree.unflatten(jax.tree.structure(template.opt_state),
                                  [jnp.asarray(x) for x in leaves])
   return search.OuterState(
-      as_jax(tree['hparams']), as_jax(tree['last_good']), opt_state,
+      as_jax(tree['hparams'], template.hparams),
+      as_jax(tree['last_good'], template.last_good), opt_state,
       int(tree['step']), bool(tree['converged']), float(tree['initial_loss']),
-      float(tree['update_scale']), as_jax(tree['best_hparams']),
-      float(tree['best_loss']), int(tree['best_step']))
+      float(tree['update_scale']),
+      as_jax(tree['best_hparams'], template.best_hparams),
+      float(tree['best_loss']), int(tree['best_step']),
+      # Checkpoints from before the score hook have none: inf means "the
+      # best validation loss is the score" to the loop.
+      float(tree.get('best_score', float('inf'))))
 
 
 def jsonable(tree: PyTree) -> PyTree:
@@ -81,7 +101,7 @@ def jsonable(tree: PyTree) -> PyTree:
     if isinstance(x, (jax.Array, np.ndarray, np.generic)):
       return np.asarray(x).tolist()
     return x
-  return jax.tree.map(convert, tree)
+  return jax.tree.map(convert, _plain(tree))
 
 
 def _digest(records) -> str:
@@ -176,6 +196,8 @@ class OuterCheckpointer:
           epath.Path(folder) / 'state').tree
       got = jax.tree.map(lambda m: (tuple(m.shape), np.dtype(m.dtype)),
                          saved)
+      if 'best_score' not in got:  # written before the score hook
+        abstract.pop('best_score')
       want = jax.tree.map(lambda x: (x.shape, x.dtype), abstract)
       if got != want:
         raise ValueError('its arrays have other shapes, dtypes or names than '
