@@ -450,22 +450,43 @@ class AutoTest(parameterized.TestCase):
     self.args = (step_fn, loss_fn, state, hparams, 400)
     self.big = hypergrad.auto(memory_budget_bytes=2**40).choose(*self.args)
 
+  def _checkpointed(self, args):
+    """The choice when keeping every step's residuals is just over budget."""
+    plain = hypergrad.auto(memory_budget_bytes=2**40).choose(*args)
+    self.assertIsNone(plain.estimator.checkpoint_every
+                      if isinstance(plain.estimator, hypergrad.Reverse)
+                      else None)
+    return hypergrad.auto(memory_budget_bytes=plain.reverse_bytes - 1
+                          ).choose(*args)
+
   def test_estimates_are_consistent(self):
     c = self.big
-    # Long horizon, tiny state: reverse stores ~sqrt(T) states and blocks of
-    # residuals, forward 5 tangents.
+    # Long horizon, tiny state: reverse keeps all 400 steps' residuals (they
+    # fit), forward 5 tangents.
     self.assertGreater(c.reverse_bytes, c.forward_bytes)
     self.assertEqual(c.budget_bytes, 2**40)
     self.assertIn('K=5 tangents', c.reason)
     self.assertIn('T=400', c.reason)
+    self.assertIn('reverse, every step kept', c.reason)
     # Both fit: the faster by the time model wins.
     faster = 'Forward' if c.forward_cost <= c.reverse_cost else 'Reverse'
     self.assertEqual(type(c.estimator).__name__, faster)
     self.assertIn('faster', c.reason)
 
+  def test_reverse_checkpoints_when_its_tape_does_not_fit(self):
+    c = self._checkpointed(self.args)
+    self.assertLess(c.reverse_bytes, self.big.reverse_bytes)
+    self.assertIn('checkpoints every 20 steps', c.reason)
+    if isinstance(c.estimator, hypergrad.Reverse):
+      self.assertEqual(c.estimator.checkpoint_every, 20)  # round(sqrt(400))
+
   def test_reverse_over_budget_means_forward(self):
-    budget = (self.big.forward_bytes + self.big.reverse_bytes) // 2
-    c = hypergrad.auto(memory_budget_bytes=budget).choose(*self.args)
+    ckpt = self._checkpointed(self.args)
+    self.assertLess(ckpt.forward_bytes, ckpt.reverse_bytes)
+    budget = (ckpt.forward_bytes + ckpt.reverse_bytes) // 2
+    slow = auto_lib.ProbeTimes('fake', 1e-3, 1e-2, 2e-3, 5)  # forward slower
+    c = hypergrad.auto(memory_budget_bytes=budget, measure=lambda *a: slow
+                       ).choose(*self.args)
     self.assertEqual(c.estimator, hypergrad.forward())
     self.assertIn('only one within the memory budget', c.reason)
 
@@ -475,10 +496,9 @@ class AutoTest(parameterized.TestCase):
     step_fn, loss_fn, state = helpers.sgd_problem(dim=40, hidden=64)
     hparams = {'lr': jnp.full((30,), 0.05)}
     args = (step_fn, loss_fn, state, hparams, 36)
-    big = hypergrad.auto(memory_budget_bytes=2**40).choose(*args)
-    self.assertGreater(big.forward_bytes, big.reverse_bytes)
-    budget = big.reverse_bytes
-    c = hypergrad.auto(memory_budget_bytes=budget).choose(*args)
+    ckpt = self._checkpointed(args)
+    self.assertGreater(ckpt.forward_bytes, ckpt.reverse_bytes)
+    c = hypergrad.auto(memory_budget_bytes=ckpt.reverse_bytes).choose(*args)
     self.assertIsInstance(c.estimator, hypergrad.Reverse)
     self.assertEqual(c.estimator.checkpoint_every, 6)  # round(sqrt(36))
 
@@ -486,7 +506,7 @@ class AutoTest(parameterized.TestCase):
     # Reverse does not fit; all 5 tangents do not either, 2 at a time do.
     diff = 2 * (5 * 4 + 4) * 8  # params and velocity, float64
     budget = self.big.forward_bytes - 3 * diff
-    self.assertLess(budget, self.big.reverse_bytes)
+    self.assertLess(budget, self._checkpointed(self.args).reverse_bytes)
     c = hypergrad.auto(memory_budget_bytes=budget).choose(*self.args)
     self.assertEqual(c.estimator, hypergrad.forward(chunk_size=2))
     self.assertIn('2 tangents at a time', c.reason)
@@ -500,8 +520,9 @@ class AutoTest(parameterized.TestCase):
   @parameterized.parameters('forward', 'reverse')
   def test_preference_wins(self, prefer):
     c = hypergrad.auto(prefer=prefer).choose(*self.args)
+    # 400 steps' residuals fit the default budget: no checkpoints.
     expected = (hypergrad.forward() if prefer == 'forward'
-                else hypergrad.reverse(checkpoint_every=20))
+                else hypergrad.reverse())
     self.assertEqual(c.estimator, expected)
     self.assertIn('as preferred', c.reason)
 
@@ -519,14 +540,15 @@ class AutoTest(parameterized.TestCase):
 
   @parameterized.parameters((0.5, 'Forward'), (3.0, 'Reverse'))
   def test_choice_follows_the_probe(self, tangent, chosen):
-    # Reverse costs 6 plain unrolls; forward 1 + tangent * 4.6 begun.
+    # Reverse, its tape kept (it fits), costs 6 - 1 plain unrolls (no
+    # recomputation); forward 1 + tangent * 3.5 begun.
     times = auto_lib.ProbeTimes('fake device', 1e-3, tangent * 1e-3, 6e-3, 5)
     est = hypergrad.auto(memory_budget_bytes=2**40,
                          measure=lambda *args: times)
     c = est.choose(*self.args)
     self.assertEqual(type(c.estimator).__name__, chosen)
     self.assertIs(c.probe, times)
-    self.assertAlmostEqual(c.reverse_cost, 6.0)
+    self.assertAlmostEqual(c.reverse_cost, 5.0)
     self.assertIn('measured on fake device', c.reason)
     self.assertIn(f'+{tangent:.2f} plain steps per tangent', c.reason)
 
@@ -564,6 +586,32 @@ class AutoTest(parameterized.TestCase):
     self.assertIn('K=2000 tangents', c.reason)
     self.assertIn('reverse: faster', c.reason)
     self.assertGreater(c.forward_cost, 50 * c.reverse_cost)
+
+  def test_per_example_weights_choose_reverse_keeping_the_tape(self):
+    # Hyper-cleaning's shape: a weight per training example, the data bound
+    # with Partial. The data is not per-step memory, so the whole tape of a
+    # short horizon fits and reverse mode runs without checkpoints.
+    rng = np.random.RandomState(0)
+    n, dim = 3000, 200
+    x, y = jnp.asarray(rng.randn(n, dim)), jnp.asarray(rng.randint(0, 3, n))
+
+    def loss(x, y, params, t, h):
+      del t
+      logp = jax.nn.log_softmax(x @ params)
+      return -jnp.mean(h['weights'] * jnp.take_along_axis(
+          logp, y[:, None], axis=1)[:, 0])
+
+    step_fn = hypergrad.sgd_momentum_step(jax.tree_util.Partial(loss, x, y),
+                                          lr=0.5, loss_hparams=True)
+    hparams = {'weights': hypergrad.constant_leaf(jnp.ones((n,)))}
+    state = hypergrad.sgd_init(jnp.zeros((dim, 3)))
+    c = hypergrad.auto().choose(step_fn, jnp.sum, state, hparams, 200)
+    self.assertEqual(c.estimator, hypergrad.reverse())
+    self.assertIn('K=3000 tangents', c.reason)
+    self.assertIn('reverse, every step kept', c.reason)
+    residual = auto_lib.step_residual_bytes(step_fn, state, hparams, 200)
+    # Logits, probabilities and per-example terms (N x classes), not N x dim.
+    self.assertLess(residual, x.nbytes // 5)
 
   def test_training_data_is_not_residual_memory(self):
     # The data a step closes over is kept once, not once per step.

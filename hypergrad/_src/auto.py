@@ -8,10 +8,11 @@ state of ``|s|`` bytes and ``r`` bytes of residuals per step:
   ``~ T (p + a K_b)`` for a plain step of ``p`` seconds, ``a`` seconds per
   tangent and ``K_b`` tangents begun on average; memory ``~ (K + 2) |s| + r``,
   flat in ``T``;
-* reverse mode with ``checkpoint_every = c = round(sqrt(T))`` costs
-  ``~ T q`` for ``q`` seconds per step of the checkpointed backward pass
-  (one extra forward pass included) whatever ``K``, and stores
-  ``~ (T / c) |s| + c r``.
+* reverse mode keeps every step's residuals where ``T r`` fits the budget
+  (``checkpoint_every=None``), else checkpoints every ``c = round(sqrt(T))``
+  steps: ``~ T q`` for ``q`` seconds per step of the checkpointed backward
+  pass (one extra forward pass included, one plain unroll less without
+  checkpoints) whatever ``K``, storing ``~ (T / c) |s| + c r``.
 
 :func:`auto` measures ``p``, ``a`` and ``q`` on the device it runs on (a
 probe of a few inner steps of each, see :func:`probe`, cached per problem
@@ -316,6 +317,8 @@ class Auto(estimator_lib.Estimator):
                         num_steps)
 
   def _choose(self, step_fn, init_state, hparams, num_steps) -> AutoChoice:
+    # Constant leaves count as one-interval schedules, as compute sees them.
+    hparams = schedule.as_schedules(hparams)
     dirs = forward_lib.directions(hparams, num_steps)
     k = len(dirs)
     begun = sum(num_steps - d.start for d in dirs) / num_steps
@@ -328,7 +331,13 @@ class Auto(estimator_lib.Estimator):
     def forward_bytes(chunk):
       return (chunk + 2) * diff_bytes + 2 * state_bytes + residual
 
-    reverse_bytes = ((-(-num_steps // c)) + 2) * state_bytes + c * residual
+    # Reverse mode keeps every step's residuals where they fit (one forward
+    # pass fewer), else checkpoints every c steps.
+    plain_bytes = 2 * state_bytes + num_steps * residual
+    if plain_bytes <= budget:
+      c, reverse_bytes = None, plain_bytes
+    else:
+      reverse_bytes = ((-(-num_steps // c)) + 2) * state_bytes + c * residual
     chunk = k
     if forward_bytes(k) > budget:  # fewer tangents at a time, if that fits
       fit = (budget - forward_bytes(0)) // max(diff_bytes, 1)
@@ -337,13 +346,17 @@ class Auto(estimator_lib.Estimator):
                                     chunk)
     # In plain-unroll units: each chunk reruns the primal unroll.
     forward_cost = -(-k // chunk) + times.tangent / times.plain * begun
-    reverse_cost = times.reverse / times.plain
+    # The probe times a checkpointed step; without checkpoints the forward
+    # pass is not recomputed.
+    reverse_cost = times.reverse / times.plain - (1.0 if c is None else 0.0)
     fwd = forward_lib.Forward(None if chunk == k else chunk)
     rev = reverse_lib.Reverse(c)
     fwd_fits = forward_bytes(chunk) <= budget
     rev_fits = reverse_bytes <= budget
+    rev_name = ('reverse, every step kept' if c is None
+                else f'reverse, checkpoints every {c} steps')
     facts = (f'K={k} tangents ({begun:.1f} begun on average), T={num_steps}; '
-             f'estimated time forward {forward_cost:.1f} / reverse '
+             f'estimated time forward {forward_cost:.1f} / {rev_name} '
              f'{reverse_cost:.1f} plain unrolls, memory forward '
              f'{_mib(forward_bytes(chunk))} / reverse {_mib(reverse_bytes)} '
              f'against a budget of {_mib(budget)} ({source}); '
