@@ -36,11 +36,11 @@ from hypergrad._src.online import run_online
 from hypergrad._src.outer import ProjectState
 from hypergrad._src.outer import SignDescentState
 from hypergrad._src.outer import box
-from hypergrad._src.outer import chain
 from hypergrad._src.outer import meta_optimizer
 from hypergrad._src.outer import positive_definite
 from hypergrad._src.outer import project
 from hypergrad._src.outer import projection
+from hypergrad._src.outer import pytree_chain
 from hypergrad._src.outer import scale_by_kind
 from hypergrad._src.outer import scale_by_sign_descent
 from hypergrad._src.outer import settled
@@ -120,7 +120,6 @@ __all__ = (
     'auto',
     'calibrated_cross_entropy',
     'box',
-    'chain',
     'constant',
     'constant_leaf',
     'expand',
@@ -144,6 +143,7 @@ __all__ = (
     'population_hypergrad',
     'project',
     'projection',
+    'pytree_chain',
     'reparametrize',
     'resample',
     'reverse',

@@ -157,7 +157,7 @@ def _hyperclean_search(opt, steps, state=None):
 
 
 def _constrained_opt():
-  return hypergrad.chain(optax.adam(0.05), hypergrad.projection({
+  return hypergrad.pytree_chain(optax.adam(0.05), hypergrad.projection({
       'weights': hypergrad.box(0.0, 1.0),
       'coupling': hypergrad.simplex()}))
 
@@ -176,7 +176,7 @@ def test_outer_loop_with_adam_and_projections_stays_feasible_and_cleans():
 
 def test_projection_of_another_shape_is_refused_at_init():
   _, _, _, hparams = _problem()
-  bad = hypergrad.chain(optax.adam(0.1), hypergrad.projection(
+  bad = hypergrad.pytree_chain(optax.adam(0.1), hypergrad.projection(
       {'weights': lambda v: v[:3]}))
   with pytest.raises(ValueError, match=r"\['weights'\]\.value must return "
                      r'the shape and dtype it is given, float64\[6\]'):
@@ -268,7 +268,7 @@ def test_rtho_learns_a_constant_leaf_online():
   fixed_lr_step = lambda s, h, t: step_fn(s, {**h, 'lr': 0.05}, t)
   method = hypergrad.rtho(
       fixed_lr_step, loss_fn, every=5,
-      meta_opt=hypergrad.chain(optax.sgd(0.05), hypergrad.projection(
+      meta_opt=hypergrad.pytree_chain(optax.sgd(0.05), hypergrad.projection(
           {'weights': hypergrad.box(0.0, 1.0)})))
   _, used = hypergrad.run_online(method, init, hparams, T)
   assert used['weights'].shape == (T, N)

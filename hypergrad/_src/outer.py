@@ -358,7 +358,7 @@ def projection(projections: Mapping[str, Any]
                ) -> optax.GradientTransformation:
   """Keeps each named hyperparameter in a set: ``h + u`` projected onto it.
 
-  Chain it after any optax transformation (``hypergrad.chain(optax.adam(0.1),
+  Chain it after any optax transformation (``hypergrad.pytree_chain(optax.adam(0.1),
   hypergrad.projection({'weights': hypergrad.box(0, 1)}))``): the update
   becomes ``P(h + u) - h``, so ``optax.apply_updates`` lands on ``P(h + u)``.
   Each projection is applied to every array of its hyperparameter (a
@@ -416,8 +416,14 @@ def as_pytree(transform: optax.GradientTransformation
       unroll_lib.as_pytree_fn(transform.update))
 
 
-def chain(*transforms) -> optax.GradientTransformation:
-  """``optax.chain`` that keeps the numbers of its parts as pytree leaves."""
+def pytree_chain(*transforms) -> optax.GradientTransformation:
+  """``optax.chain`` whose parts' numbers are pytree leaves, not constants.
+
+  The same updates as ``optax.chain(*transforms)``; the transformation is a
+  pytree (its functions are ``Partial``s), so an outer loop that takes it as
+  a jit argument does not recompile when a step size changes. Named apart
+  from ``optax.chain`` because it is not the same object.
+  """
   parts = tuple(as_pytree(t) for t in transforms)
   return optax.GradientTransformation(Partial(_chain_init, parts),
                                       Partial(_chain_update, parts))
@@ -427,7 +433,7 @@ def sign_descent(step_sizes=None, bounds=None, *, decay: float = 0.5
                  ) -> optax.GradientTransformation:
   """The FDS outer optimiser: sign steps, halved on every sign flip, projected.
 
-  ``chain(scale_by_sign_descent(step_sizes, decay=decay), project(bounds))``.
+  ``pytree_chain(scale_by_sign_descent(step_sizes, decay=decay), project(bounds))``.
 
   Args:
     step_sizes: see :func:`scale_by_sign_descent`.
@@ -446,7 +452,7 @@ def sign_descent(step_sizes=None, bounds=None, *, decay: float = 0.5
     >>> optax.apply_updates(h, u)['lr'].tolist()
     [0.6, 0.4]
   """
-  return chain(scale_by_sign_descent(step_sizes, decay=decay),
+  return pytree_chain(scale_by_sign_descent(step_sizes, decay=decay),
                project(bounds))
 
 
@@ -534,7 +540,7 @@ def meta_optimizer(meta_lr=1e-3, meta_update: str = 'sgd', bounds=None
            scale_by_kind(meta_lr)]
   if bounds is not None:
     parts.append(project(bounds))
-  return chain(*parts)
+  return pytree_chain(*parts)
 
 
 # ---------------------------------------------------------------------------

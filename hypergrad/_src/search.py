@@ -129,7 +129,7 @@ def _default_opt(hparams) -> optax.GradientTransformation:
         f'step sizes for {sorted(known)} only; hyperparameter(s) {unknown} '
         f'have none. Pass opt=..., e.g. opt=hypergrad.sign_descent('
         f'{{name: step, ...}}) with a step for every name, or any optax '
-        f'transformation such as hypergrad.chain(optax.adam(0.1), '
+        f'transformation such as hypergrad.pytree_chain(optax.adam(0.1), '
         f'hypergrad.projection({{name: hypergrad.box(0, 1)}})).')
   return outer.sign_descent()
 

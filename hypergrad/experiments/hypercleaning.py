@@ -230,7 +230,7 @@ def flag_scores(flagged: np.ndarray, corrupted: np.ndarray) -> dict:
 
 def outer_optimizer(config: CleaningConfig) -> optax.GradientTransformation:
   """Adam on the weights, then the projection onto ``[0, 1]``."""
-  return hypergrad.chain(optax.adam(config.outer_lr), hypergrad.projection(
+  return hypergrad.pytree_chain(optax.adam(config.outer_lr), hypergrad.projection(
       {'weights': hypergrad.box(0.0, 1.0)}))
 
 
@@ -301,7 +301,7 @@ def run_rtho(data: CleaningData, config: CleaningConfig, seed: int, *,
   prob = problem(data, config, seed)
   method = hypergrad.rtho(
       prob.step_fn, prob.loss_fn, every=every,
-      meta_opt=hypergrad.chain(optax.adam(meta_lr), hypergrad.projection(
+      meta_opt=hypergrad.pytree_chain(optax.adam(meta_lr), hypergrad.projection(
           {'weights': hypergrad.box(0.0, 1.0)})))
   hparams = initial_hparams(data, config.init_weight)
   run_once = lambda: jax.block_until_ready(hypergrad.run_online(

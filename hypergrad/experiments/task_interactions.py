@@ -175,7 +175,7 @@ def run(data: TaskData, config: InteractionConfig) -> dict:
   state, records = hypergrad.fds_search(
       hypergrad_fn,
       {'coupling': hypergrad.constant_leaf(all_equal(k, best_c))},
-      opt=hypergrad.chain(optax.adam(config.outer_lr), hypergrad.projection(
+      opt=hypergrad.pytree_chain(optax.adam(config.outer_lr), hypergrad.projection(
           {'coupling': SymmetricNonNegative()})),
       max_outer_steps=config.outer_steps, tol=0.0)
   learned = np.asarray(state.best_hparams['coupling'].value)
