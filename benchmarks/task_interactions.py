@@ -25,6 +25,7 @@ from absl import flags
 import numpy as np
 
 from benchmarks import common
+from hypergrad.experiments import plotting
 from hypergrad.experiments import task_interactions as ti
 
 _SEEDS = flags.DEFINE_integer('seeds', 5, 'Independent draws of the tasks.')
@@ -35,22 +36,10 @@ _OUT = flags.DEFINE_string('results_dir', 'benchmarks/results',
 
 
 def plot(matrices, path: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  mean = np.mean(np.asarray(matrices), axis=0)
-  fig, ax = plt.subplots(figsize=(5.2, 4.4))
-  im = ax.imshow(mean, cmap='viridis')
-  ax.set_xticks(range(10))
-  ax.set_yticks(range(10))
-  ax.set_xlabel('task (digit)')
-  ax.set_ylabel('task (digit)')
-  ax.set_title(f'learned interaction matrix A (mean of {len(matrices)} '
-               'seeds)')
-  fig.colorbar(im, ax=ax)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  plotting.plot_matrix(
+      np.mean(np.asarray(matrices), axis=0), path,
+      f'learned interaction matrix A (mean of {len(matrices)} seeds)',
+      'task (digit)')
 
 
 def main(argv):

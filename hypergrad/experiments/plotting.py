@@ -131,3 +131,24 @@ def plot_sign_agreement(records: Sequence[Mapping], path: str,
   if title:
     ax.set_title(title, fontsize=9)
   _save(plt, fig, path)
+
+
+def plot_matrix(matrix, path: str, title: str, label: str = '') -> None:
+  """A square matrix as an image with a colour bar (task interactions).
+
+  Args:
+    matrix: ``(n, n)`` array.
+    path: where the PNG goes.
+    title: the figure's title.
+    label: what rows and columns index, for both axes.
+  """
+  plt = _pyplot()
+  matrix = np.asarray(matrix)
+  fig, ax = plt.subplots(figsize=(5.2, 4.4))
+  im = ax.imshow(matrix, cmap='viridis')
+  ax.set_xticks(range(matrix.shape[1]))
+  ax.set_yticks(range(matrix.shape[0]))
+  ax.set_xlabel(label)
+  ax.set_ylabel(label)
+  fig.colorbar(im, ax=ax)
+  _save(plt, fig, path, title)
