@@ -113,6 +113,7 @@ def _check_same(workdir, ref_dir, ref):
   assert set(counts.values()) == {1}
 
 
+@pytest.mark.slow  # ~5 min of one core; CI runs it (.ci/run, step 5)
 def test_twenty_random_kills_resume_to_the_uninterrupted_result(
     env, reference, tmp_path):
   ref_dir, ref, run_seconds = reference
