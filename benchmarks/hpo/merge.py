@@ -52,6 +52,9 @@ def merge_results(old: dict, new: dict, command: str) -> dict:
                 'reverse_checkpoint_every'):
       if key in new:
         out[key] = new[key]
+  if 'reference' in new:
+    # Chosen among the reference rows this run retrained.
+    out['reference'] = new['reference']
   methods = dict(old['methods'])
   methods.update(new['methods'])
   out['methods'] = {m: methods[m] for m in methods_lib.NAMES

@@ -165,13 +165,16 @@ def run_greedy(task, name, horizon, budget, cost, seed, scales):
   return checkpoints, {'runs': runs}
 
 
-def run_blackbox(task, name, horizon, budget, seed, lr_intervals, reports):
-  """An optuna search over constant (or piecewise-lr) schedules."""
+def run_blackbox(task, name, horizon, budget, seed, intervals, reports):
+  """An optuna search over schedules of ``intervals`` values per kind.
+
+  ``intervals``: kind -> values (1: a constant); the registry's ranges.
+  """
   split = task.default_split()
   result = blackbox.blackbox_search(
       task.step_fn(split), task.loss_fn(split),
       task.init_state(fds_lib.outer_seed(seed, 0)), horizon, int(budget),
-      method=name, seed=seed, intervals={'lr': lr_intervals},
+      method=name, seed=seed, intervals=intervals,
       hyperband_reports=reports, dtype=task.dtype)
   # Trials are sequential: at a smaller budget the search would have
   # returned the best trial finished by then.
@@ -185,6 +188,91 @@ def run_blackbox(task, name, horizon, budget, seed, lr_intervals, reports):
           'best_val_loss': result.best_value}
   return [(c, {k: jnp.asarray(np.asarray(v, task.dtype)) for k, v in
                h.items()}) for c, h in checkpoints], info
+
+
+# The reference schedule practitioners start from: 5% linear warm-up to the
+# task's usual lr, cosine decay to 0; the task's momentum and weight decay.
+COSINE_WARMUP = 0.05
+# The peak-lr grid of the tuned reference (factors of the usual lr), tried
+# in this order; every run is charged.
+COSINE_GRID = (1.0, 0.5, 2.0, 0.25, 4.0, 8.0)
+
+
+def cosine_values(task, peak_lr=None) -> dict:
+  """The warm-up + cosine reference at ``peak_lr`` (default: the task's)."""
+  default = dict(task.spec.default_hparams)
+  return {'peak_lr': default['lr'] if peak_lr is None else peak_lr,
+          'warmup_fraction': COSINE_WARMUP, 'decay': 'cosine',
+          'final_fraction': 0.0, 'momentum': default['momentum'],
+          'weight_decay': default['weight_decay']}
+
+
+def _trial_checkpoints(task, horizon, trials):
+  """What a sequence of full trials would return at each budget."""
+  checkpoints = []
+  for r in trials:
+    best = blackbox.best_so_far(trials, r.cumulative_steps)
+    if best is not None:
+      checkpoints.append((float(r.cumulative_steps),
+                          blackbox.parametric_schedule(
+                              best.hparams, horizon, task.dtype)))
+  return checkpoints
+
+
+def _search_problem(task, seed):
+  """The split and initialisation every black-box trial of ``seed`` uses."""
+  split = task.default_split()
+  return (task.step_fn(split), task.loss_fn(split),
+          task.init_state(fds_lib.outer_seed(seed, 0)))
+
+
+def run_parametric(task, name, horizon, budget, seed):
+  """Random search or TPE over the warm-up + decay schedule."""
+  trials = blackbox.parametric_search(
+      *_search_problem(task, seed), horizon, int(budget), method=name,
+      seed=seed, dtype=task.dtype)
+  best = blackbox.best_so_far(trials, int(budget))
+  return _trial_checkpoints(task, horizon, trials), {
+      'trials': len(trials),
+      'best_val_loss': best.value if best else math.inf,
+      'best': best.hparams if best else None}
+
+
+def run_cosine_grid(task, horizon, budget, seed):
+  """The warm-up + cosine reference, its peak lr the best of a small grid.
+
+  Chosen by the validation loss of the same split and initialisation as
+  the black-box trials; each run is charged T steps.
+  """
+  peak = dict(task.spec.default_hparams)['lr']
+  grid = [cosine_values(task, peak * f) for f in COSINE_GRID]
+  losses = []
+
+  def propose(number):
+    if number >= len(grid):
+      return None
+    return grid[number], losses.append
+  trials = blackbox.schedule_trials(*_search_problem(task, seed), horizon,
+                                    int(budget), propose, task.dtype)
+  return _trial_checkpoints(task, horizon, trials), {
+      'trials': len(trials),
+      'peak_lr': [r.hparams['peak_lr'] for r in trials],
+      'val_loss': losses}
+
+
+def run_cosine(task, horizon):
+  """The warm-up + cosine reference at the task's lr: no search, no cost."""
+  return [(0.0, blackbox.parametric_schedule(cosine_values(task), horizon,
+                                             task.dtype))], {}
+
+
+def validation_loss(task, hparams, horizon, seed) -> float:
+  """The validation loss every black-box trial of ``seed`` is scored by."""
+  step_fn, loss_fn, state = _search_problem(task, seed)
+  final = blackbox.train_steps(step_fn, state, hparams, num_steps=horizon,
+                               start=0, stop=horizon)
+  loss = float(loss_fn(final))
+  return loss if math.isfinite(loss) else math.inf
 
 
 def at_budget(checkpoints, budget):
