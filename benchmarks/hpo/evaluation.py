@@ -128,6 +128,7 @@ def table_results(run) -> dict:
              'fds_step_sizes': s.config.step_sizes.to_dict(),
              'fds_intervals': settings_lib.config_intervals(s.config),
              'blackbox_lr_intervals': s.blackbox_lr_intervals,
+             'tune_greedy': s.tune_greedy,
              'reverse_checkpoint_every': s.reverse_ckpt,
              'backend': f'{jax.default_backend()} '
                         f'({jax.devices()[0].device_kind})',

@@ -86,14 +86,27 @@ def _outer_steps(infos):
 
 def _greedy(name, label):
   def search(setup, task, budget, cost, seed):
-    return searches.run_greedy(task, name, setup.horizon, budget, cost, seed,
-                               setup.greedy_scales)
+    if not setup.tune_greedy:
+      return searches.run_greedy(task, name, setup.horizon, budget, cost,
+                                 seed, setup.greedy_scales)
+    # Given its best setting: the meta step tuned on a seed of its own.
+    tuned = searches.tune_greedy(task, name, setup.horizon, budget, cost,
+                                 setup.greedy_scales)
+    checkpoints, info = searches.run_greedy(
+        task, name, setup.horizon, budget, cost, seed,
+        searches.tuned_grid(tuned['tuned_scale'], budget, cost))
+    return checkpoints, {**info, **tuned}
+
+  def iterations(infos):
+    text = f"{np.mean([len(i['runs']) for i in infos]):.1f} runs"
+    if 'tuned_scale' in infos[0]:
+      text += (f", meta step tuned on seed {infos[0]['tune_seed']}: "
+               f"{infos[0]['tuned_scale']:.3g}")
+    return text
   return Method(
       name, label, 'greedy', search,
       measures=((name, costs.greedy_call(name)),), charged_by=(name,),
-      charge=_ratio_charge(name),
-      iterations=lambda infos: (
-          f"{np.mean([len(i['runs']) for i in infos]):.1f} runs"))
+      charge=_ratio_charge(name), iterations=iterations)
 
 
 def _blackbox(name, label, space='constant'):

@@ -127,6 +127,21 @@ def _spaces_note(results) -> str:
       f"validation loss kept.\n\n")
 
 
+def _tuning_note(results) -> str:
+  # --tune_greedy: where the greedy rows' meta step came from.
+  if not results.get('tune_greedy'):
+    return ''
+  return (
+      f"Greedy rows given their best setting (--tune_greedy): the meta step "
+      f"was tuned on search seed {searches.TUNE_SEED} (none of the evaluated "
+      f"seeds) over the grid one search's budget pays for, by final "
+      f"validation loss; each evaluated seed ran the tuned meta step first, "
+      f"then spent the rest of its budget on scales within a factor "
+      f"{searches.TUNE_SPAN:g} of it (the tuning runs are not charged to the "
+      f"evaluated seeds: like FDS's outer step sizes, a setting fixed "
+      f"beforehand).\n\n")
+
+
 def _row(results, m, per_seed) -> list[str]:
   method = methods_lib.METHODS[m]
   acc = _mean_std([r['test_accuracy'] for r in per_seed])
@@ -244,7 +259,7 @@ def write(results, out_dir, command, tag=''):
       f"Paired method against method (the same HPO seeds and retrain "
       f"initialisations; an interval above 0: the first method wins beyond "
       f"seed luck):\n\n{paired_differences(r)}\n\n"
-      f"{reference_gains(r)}{_spaces_note(r)}"
+      f"{reference_gains(r)}{_spaces_note(r)}{_tuning_note(r)}"
       f"{_merged_note(r)}"
       f"![accuracy vs budget]({os.path.basename(base)}.png)\n")
   with open(base + '.md', 'w') as f:

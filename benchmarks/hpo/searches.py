@@ -141,6 +141,43 @@ def default_constants(task) -> dict:
           for k, v in task.spec.default_hparams}
 
 
+# --tune_greedy: the search seed the greedy methods' meta step is tuned on,
+# none of the evaluated ones (0 to seeds - 1).
+TUNE_SEED = 1000
+# Evaluated seeds then try the tuned meta step first and refine around it
+# within this factor either way.
+TUNE_SPAN = 4.0
+_TUNED = {}  # (task, method, horizon, budget, cost, grid) -> tuning info
+
+
+def tune_greedy(task, name, horizon, budget, cost, scales) -> dict:
+  """The meta step of greedy ``name``, tuned on :data:`TUNE_SEED`.
+
+  The tuning seed runs the grid its budget share (the one each evaluated
+  seed has) pays for and keeps the scale of the lowest validation loss.
+  Computed once per process (deterministic: shards and resumed runs agree).
+
+  Returns:
+    ``{'tuned_scale': s, 'tune_seed': TUNE_SEED, 'tune_runs': [...]}``.
+  """
+  key = (task.name, name, horizon, budget, cost, tuple(scales))
+  if key not in _TUNED:
+    _, info = run_greedy(task, name, horizon, budget, cost, TUNE_SEED,
+                         scales)
+    best = min(info['runs'], key=lambda r: r['val_loss'])
+    _TUNED[key] = {'tuned_scale': best['scale'], 'tune_seed': TUNE_SEED,
+                   'tune_runs': info['runs']}
+  return _TUNED[key]
+
+
+def tuned_grid(tuned: float, budget: float, cost: float) -> list[float]:
+  """The tuned scale, then a grid refining around it (coarse to fine)."""
+  n = max(int(budget // cost), 1)
+  # coarse_to_fine starts at the log-midpoint, the tuned scale itself.
+  return [tuned] + coarse_to_fine(n, tuned / TUNE_SPAN,
+                                  tuned * TUNE_SPAN)[1:]
+
+
 def run_greedy(task, name, horizon, budget, cost, seed, scales):
   """A greedy method, its meta step chosen by final validation loss."""
   if not scales:
