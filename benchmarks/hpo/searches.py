@@ -18,6 +18,7 @@ from hypergrad._src import schedule
 from hypergrad._src import search
 from hypergrad.experiments import blackbox
 from hypergrad.experiments import fds as fds_lib
+from hypergrad.experiments import references
 
 # FDS-population: each outer step aggregates this many inner runs (own
 # initialisation and validation split) by the median, the aggregate whose
@@ -227,21 +228,11 @@ def run_blackbox(task, name, horizon, budget, seed, intervals, reports):
                h.items()}) for c, h in checkpoints], info
 
 
-# The reference schedule practitioners start from: 5% linear warm-up to the
-# task's usual lr, cosine decay to 0; the task's momentum and weight decay.
-COSINE_WARMUP = 0.05
-# The peak-lr grid of the tuned reference (factors of the usual lr), tried
-# in this order; every run is charged.
-COSINE_GRID = (1.0, 0.5, 2.0, 0.25, 4.0, 8.0)
-
-
-def cosine_values(task, peak_lr=None) -> dict:
-  """The warm-up + cosine reference at ``peak_lr`` (default: the task's)."""
-  default = dict(task.spec.default_hparams)
-  return {'peak_lr': default['lr'] if peak_lr is None else peak_lr,
-          'warmup_fraction': COSINE_WARMUP, 'decay': 'cosine',
-          'final_fraction': 0.0, 'momentum': default['momentum'],
-          'weight_decay': default['weight_decay']}
+# The references (hypergrad.experiments.references, shared with the main
+# job's summary).
+COSINE_WARMUP = references.COSINE_WARMUP
+COSINE_GRID = references.COSINE_GRID
+cosine_values = references.cosine_values
 
 
 def _trial_checkpoints(task, horizon, trials):
