@@ -146,3 +146,6 @@ def test_tuned_greedy_is_tuned_on_a_seed_not_evaluated():
   spent = [r['spent'] for r in table['methods']['rtho']]
   assert all(s <= 600 and math.isfinite(s) for s in spent)
   assert 'tuned on seed 1000' in hpo.table(table)
+  # Merged into a table of untuned rows, the note comes with them.
+  old = dict(table, tune_greedy=False)
+  assert hpo.merge_results(old, table, 'cmd')['tune_greedy'] is True
