@@ -102,6 +102,12 @@ def reference_gains(results) -> str:
           rows) + '\n\n')
 
 
+def _fds_intervals(results) -> dict:
+  # Tables written before the field was recorded used the launch config's.
+  return results.get('fds_intervals') or settings_lib.config_intervals(
+      settings_lib.fds_config(results['task']))
+
+
 def _spaces_note(results) -> str:
   # The search ranges of the rows added by issue 26, when it has them.
   names = set(results['methods'])
@@ -116,7 +122,7 @@ def _spaces_note(results) -> str:
   return (
       f"Search spaces. Black-box rows '{methods_lib.SCHED_LABEL}': the "
       f"values FDS learns, shared intervals "
-      f"{results.get('fds_intervals')}, each value in the registry's range "
+      f"{_fds_intervals(results)}, each value in the registry's range "
       f"({space}). Rows '{methods_lib.PARAM_LABEL}': peak lr, momentum and "
       f"weight decay in the registry's ranges, warm-up fraction, final "
       f"fraction of the peak and decay (cosine or linear): {param}. "
