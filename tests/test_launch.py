@@ -50,6 +50,16 @@ def test_outputs_written(uninterrupted):
   assert len(summary['test_accuracies']) == 3  # paired retrains
   assert len(summary['default_test_accuracies']) == 3
   assert summary['inner_steps'] == 3 * 40 + 2 * 3 * 40
+  # The strongest reference, chosen on validation, and the gain over it.
+  losses = summary['reference_val_losses']
+  assert summary['strongest_reference'] == min(losses, key=losses.get)
+  assert losses['cosine_grid'] <= losses['default_cosine']
+  assert len(summary['reference_test_accuracies']) == 3
+  if summary['strongest_reference'] == 'default':
+    assert (summary['reference_test_accuracies']
+            == summary['default_test_accuracies'])
+  assert summary['paired_gain_over_reference'] == pytest.approx(
+      summary['test_accuracy'] - summary['reference_test_accuracy'])
   # The reported schedule is one the search evaluated, with its loss.
   with open(os.path.join(workdir, 'metrics.csv')) as f:
     rows = list(csv.DictReader(f))

@@ -55,6 +55,12 @@ _GREEDY_SCALES = flags.DEFINE_list(
     'over the run; weight decay drifts 3e-3 times as far (FDS step ratio). '
     'Empty: as many scales as the budget pays for, log-spaced over '
     '[0.03, 10], coarse to fine.')
+_TUNE_GREEDY = flags.DEFINE_bool(
+    'tune_greedy', False, 'Tune the greedy methods\' meta step on a seed '
+    'of its own (1000, none of the evaluated ones) with the budget of one '
+    'search (the --greedy_scales grid, or the automatic one); each '
+    'evaluated seed then runs the tuned meta step first and spends the rest '
+    'of its budget on a grid within a factor 4 of it.')
 _FDS_INIT = flags.DEFINE_enum(
     'fds_init', 'config', ['config', 'default'], 'FDS/reverse initial '
     'schedule: the launch config\'s or the task\'s default.')
@@ -151,6 +157,7 @@ def _run_from_flags(budget, methods, journal_dir):
       blackbox_lr_intervals=_BB_LR_INTERVALS.value,
       hyperband_reports=_HB_REPORTS.value,
       greedy_scales=[float(s) for s in _GREEDY_SCALES.value],
+      tune_greedy=_TUNE_GREEDY.value,
       fds_init=_FDS_INIT.value, val_objective=_VAL_OBJECTIVE.value,
       fds_step_sizes=parse_overrides(_FDS_STEP_SIZES.value,
                                      'fds_step_sizes'),

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.hpo import methods as methods_lib
+from benchmarks.hpo import searches
 from benchmarks.hpo import settings as settings_lib
 import hypergrad
 from hypergrad._src import schedule
@@ -126,6 +128,7 @@ def table_results(run) -> dict:
              'fds_step_sizes': s.config.step_sizes.to_dict(),
              'fds_intervals': settings_lib.config_intervals(s.config),
              'blackbox_lr_intervals': s.blackbox_lr_intervals,
+             'tune_greedy': s.tune_greedy,
              'reverse_checkpoint_every': s.reverse_ckpt,
              'backend': f'{jax.default_backend()} '
                         f'({jax.devices()[0].device_kind})',
@@ -136,6 +139,9 @@ def table_results(run) -> dict:
              run.done[(seed, m)] if m != 'default' else no_search,
              run.score[(seed, schedule_key(default))])
         for seed in range(s.seeds)]
+  reference = reference_choice(run)
+  if reference is not None:
+    results['reference'] = reference
   # Compute spent on this table, resumed pieces included (processes that
   # ran side by side add up).
   results['total_seconds'] = (
@@ -146,3 +152,28 @@ def table_results(run) -> dict:
        f"core{'s' if r['cpus'] != 1 else ''}" for r in run.done.values()
        if 'shard' in r})
   return results
+
+
+def reference_choice(run) -> dict | None:
+  """The strongest reference row, chosen on validation loss (not test).
+
+  Each reference row's returned schedule is scored, seed by seed, by the
+  validation loss every black-box trial of that seed is scored by (the
+  same split and initialisation); the row of the lowest mean is the one
+  every gain is also reported against. None unless the table has a
+  reference row besides the constant default.
+
+  Returns:
+    ``{'val_loss': {row: [per seed]}, 'strongest': row}``.
+  """
+  s = run.setup
+  rows = [m for m in methods_lib.REFERENCE if m in s.methods]
+  if not any(m != 'default' for m in rows):
+    return None
+  val = {}
+  for m in rows:
+    val[m] = [searches.validation_loss(
+        run.task, run.default if m == 'default' else run.done[(seed, m)]
+        ['final'], s.horizon, seed) for seed in range(s.seeds)]
+  strongest = min(rows, key=lambda m: (float(np.mean(val[m])), m))
+  return {'val_loss': val, 'strongest': strongest}

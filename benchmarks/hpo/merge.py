@@ -52,6 +52,12 @@ def merge_results(old: dict, new: dict, command: str) -> dict:
                 'reverse_checkpoint_every'):
       if key in new:
         out[key] = new[key]
+  if any(m in methods_lib.GREEDY for m in new['methods']):
+    # The greedy rows now come from this run's --tune_greedy.
+    out['tune_greedy'] = bool(new.get('tune_greedy'))
+  if 'reference' in new:
+    # Chosen among the reference rows this run retrained.
+    out['reference'] = new['reference']
   methods = dict(old['methods'])
   methods.update(new['methods'])
   out['methods'] = {m: methods[m] for m in methods_lib.NAMES

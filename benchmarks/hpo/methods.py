@@ -27,9 +27,10 @@ class Method:
   Attributes:
     name: the ``--methods`` name and the results' key.
     label: the row's name in the table and the plot.
-    family: ``'default'`` (no search), ``'outer'`` (FDS's outer loop),
-      ``'greedy'`` or ``'blackbox'``: the search it runs and how it is
-      drawn and counted.
+    family: ``'default'`` (no search), ``'reference'`` (a standard
+      schedule, fixed or chosen from a small grid), ``'outer'`` (FDS's
+      outer loop), ``'greedy'`` or ``'blackbox'``: the search it runs and
+      how it is drawn and counted.
     search: ``search(setup, task, budget, cost, seed) -> (checkpoints,
       info)``, with ``cost`` what :attr:`charge` returned; None for the
       default schedule.
@@ -85,29 +86,66 @@ def _outer_steps(infos):
 
 def _greedy(name, label):
   def search(setup, task, budget, cost, seed):
-    return searches.run_greedy(task, name, setup.horizon, budget, cost, seed,
-                               setup.greedy_scales)
+    if not setup.tune_greedy:
+      return searches.run_greedy(task, name, setup.horizon, budget, cost,
+                                 seed, setup.greedy_scales)
+    # Given its best setting: the meta step tuned on a seed of its own.
+    tuned = searches.tune_greedy(task, name, setup.horizon, budget, cost,
+                                 setup.greedy_scales)
+    checkpoints, info = searches.run_greedy(
+        task, name, setup.horizon, budget, cost, seed,
+        searches.tuned_grid(tuned['tuned_scale'], budget, cost))
+    return checkpoints, {**info, **tuned}
+
+  def iterations(infos):
+    text = f"{np.mean([len(i['runs']) for i in infos]):.1f} runs"
+    if 'tuned_scale' in infos[0]:
+      text += (f", meta step tuned on seed {infos[0]['tune_seed']}: "
+               f"{infos[0]['tuned_scale']:.3g}")
+    return text
   return Method(
       name, label, 'greedy', search,
       measures=((name, costs.greedy_call(name)),), charged_by=(name,),
-      charge=_ratio_charge(name),
-      iterations=lambda infos: (
-          f"{np.mean([len(i['runs']) for i in infos]):.1f} runs"))
+      charge=_ratio_charge(name), iterations=iterations)
 
 
-def _blackbox(name, label):
+def _blackbox(name, label, space='constant'):
+  """A black-box row: optuna's ``kind`` of search over ``space``.
+
+  ``space``: ``'constant'`` (one value per kind, or ``--blackbox_lr_
+  intervals`` lr pieces: the tables' rows since the start), ``'sched'``
+  (the K-value schedule FDS learns: its launch config's shared intervals)
+  or ``'param'`` (warm-up + cosine or linear decay, constant momentum and
+  weight decay).
+  """
+  kind = name.split('_')[0]
+
   def search(setup, task, budget, cost, seed):
     del cost  # a trial is charged the steps it trained
-    return searches.run_blackbox(task, name, setup.horizon, budget, seed,
-                                 setup.blackbox_lr_intervals,
-                                 setup.hyperband_reports)
+    if space == 'param':
+      return searches.run_parametric(task, kind, setup.horizon, budget, seed)
+    intervals = (settings_lib.config_intervals(setup.config)
+                 if space == 'sched'
+                 else {'lr': setup.blackbox_lr_intervals})
+    return searches.run_blackbox(task, kind, setup.horizon, budget, seed,
+                                 intervals, setup.hyperband_reports)
 
   def iterations(infos):
     text = f"{np.mean([i['trials'] for i in infos]):.1f} trials"
-    if name == 'hyperband':
+    if kind == 'hyperband':
       text += f" ({np.mean([i['pruned'] for i in infos]):.1f} pruned)"
     return text
   return Method(name, label, 'blackbox', search, iterations=iterations)
+
+
+def _cosine(setup, task, budget, cost, seed):
+  del budget, cost, seed  # a fixed schedule: nothing searched
+  return searches.run_cosine(task, setup.horizon)
+
+
+def _cosine_grid(setup, task, budget, cost, seed):
+  del cost  # a run is charged the steps it trained
+  return searches.run_cosine_grid(task, setup.horizon, budget, seed)
 
 
 def _population_cost(ratios, horizon):
@@ -135,8 +173,21 @@ _FORWARD = costs.outer_step_call(hypergrad.forward, 1)
 _AUTO_SINGLE = costs.outer_step_call(hypergrad.auto, 1)
 _AUTO_POPULATION = costs.outer_step_call(hypergrad.auto, searches.POPULATION)
 
+SCHED_LABEL = 'FDS\'s schedule space'
+PARAM_LABEL = 'warm-up + decay'
+
 _ALL = [
     Method('default', 'default schedule', 'default'),
+    # The references a practitioner would start from (issue 26): the
+    # usual lr with warm-up and cosine decay, and its peak lr tuned.
+    Method('default_cosine', 'warm-up + cosine at the usual lr',
+           'reference', _cosine),
+    Method('cosine_grid',
+           f'warm-up + cosine, peak lr best of {len(searches.COSINE_GRID)}',
+           'reference', _cosine_grid,
+           iterations=lambda infos: (
+               f"{np.mean([i['trials'] for i in infos]):.1f} runs"),
+           ratio_text=lambda ratios: '1.00'),
     Method('fds', 'FDS (forward, non-greedy)', 'outer',
            _outer(lambda setup: hypergrad.forward()),
            measures=(('fds', _FORWARD),), charged_by=('fds',),
@@ -172,6 +223,14 @@ _ALL = [
     _greedy('truncated', 'truncated greedy'),
     *(_blackbox(name, label) for name, label in zip(
         blackbox.METHODS, ('random search', 'TPE', 'Hyperband'))),
+    # The same search space as FDS (issue 26): its K-value schedule.
+    *(_blackbox(f'{name}_sched', f'{label}, {SCHED_LABEL}', 'sched')
+      for name, label in zip(blackbox.METHODS,
+                             ('random search', 'TPE', 'Hyperband'))),
+    # The schedule family practitioners tune.
+    *(_blackbox(f'{name}_param', f'{label}, {PARAM_LABEL}', 'param')
+      for name, label in zip(blackbox.PARAMETRIC_METHODS,
+                             ('random search', 'TPE'))),
 ]
 # In table order.
 METHODS = {m.name: m for m in _ALL}
@@ -184,6 +243,7 @@ def of_family(family: str) -> tuple[str, ...]:
   return tuple(m.name for m in _ALL if m.family == family)
 
 
+REFERENCE = ('default',) + of_family('reference')
 OUTER = of_family('outer')
 GREEDY = of_family('greedy')
 BLACKBOX = of_family('blackbox')

@@ -16,12 +16,14 @@ import numpy as np
 from benchmarks import common
 from benchmarks.hpo import evaluation
 from benchmarks.hpo import methods as methods_lib
+from benchmarks.hpo import searches
 from benchmarks.hpo import settings as settings_lib
+from hypergrad.experiments import blackbox
 
 # The methods each other method is compared with, pair by pair.
 LEADERS = ('fds_pop', 'fds', 'fds_zero')
 # Plot line style of each family.
-_STYLES = {'outer': '-', 'greedy': ':', 'blackbox': '-.'}
+_STYLES = {'outer': '-', 'greedy': ':', 'blackbox': '-.', 'reference': '--'}
 
 
 def jsonable(tree):
@@ -67,6 +69,83 @@ def paired_differences(results, leaders=LEADERS) -> str:
   return common.markdown_table(
       ['method b'] + [f'{labels[a]} minus b, points [95% CI]'
                       for a in leaders], rows)
+
+
+def reference_gains(results) -> str:
+  """Markdown: every row's paired gain over the strongest reference row.
+
+  The reference rows (the constant default, warm-up + cosine at the usual
+  lr, its peak lr tuned on a grid) are ranked by their mean validation
+  loss, never by test; the first is the one compared with. Empty for a
+  table without reference rows.
+  """
+  ref = results.get('reference')
+  if not ref:
+    return ''
+  labels, methods = methods_lib.LABELS, results['methods']
+  best = ref['strongest']
+  rows = []
+  for m, per_seed in methods.items():
+    if m == best:
+      continue
+    diff = [r['paired_gain'] - rb['paired_gain']
+            for r, rb in zip(per_seed, methods[best])]
+    rows.append([labels[m], _interval(*evaluation.confidence_interval(diff))])
+  val = ', '.join(f'{labels[m]} {np.mean(v):.4f}'
+                  for m, v in ref['val_loss'].items())
+  return (
+      f"Paired gain over the strongest reference row, **{labels[best]}** "
+      f"(the reference row of the lowest mean validation loss: {val}; "
+      f"chosen on validation, not test):\n\n"
+      + common.markdown_table(
+          ['method', f'paired gain over {labels[best]}, points [95% CI]'],
+          rows) + '\n\n')
+
+
+def _fds_intervals(results) -> dict:
+  # Tables written before the field was recorded used the launch config's.
+  return results.get('fds_intervals') or settings_lib.config_intervals(
+      settings_lib.fds_config(results['task']))
+
+
+def _spaces_note(results) -> str:
+  # The search ranges of the rows added by issue 26, when it has them.
+  names = set(results['methods'])
+  if not names & {'cosine_grid', 'default_cosine', *(
+      m for m in names if m.endswith(('_sched', '_param')))}:
+    return ''
+  space = ', '.join(f"{k} [{lo:g}, {hi:g}]{' log' if log else ''}"
+                    for k, (lo, hi, log) in blackbox.SEARCH_SPACE.items())
+  param = ', '.join(f"{k} [{lo:g}, {hi:g}]{' log' if log else ''}"
+                    for k, (lo, hi, log) in blackbox.PARAMETRIC_SPACE.items())
+  grid = ', '.join(f'{f:g}' for f in searches.COSINE_GRID)
+  return (
+      f"Search spaces. Black-box rows '{methods_lib.SCHED_LABEL}': the "
+      f"values FDS learns, shared intervals "
+      f"{_fds_intervals(results)}, each value in the registry's range "
+      f"({space}). Rows '{methods_lib.PARAM_LABEL}': peak lr, momentum and "
+      f"weight decay in the registry's ranges, warm-up fraction, final "
+      f"fraction of the peak and decay (cosine or linear): {param}. "
+      f"Warm-up + cosine: linear warm-up over "
+      f"{100 * searches.COSINE_WARMUP:g}% of the run to the peak, cosine "
+      f"decay to 0, the task's momentum and weight decay; its grid: the "
+      f"usual lr times {grid}, every run charged T steps, the lowest "
+      f"validation loss kept.\n\n")
+
+
+def _tuning_note(results) -> str:
+  # --tune_greedy: where the greedy rows' meta step came from.
+  if not results.get('tune_greedy'):
+    return ''
+  return (
+      f"Greedy rows given their best setting (--tune_greedy): the meta step "
+      f"was tuned on search seed {searches.TUNE_SEED} (none of the evaluated "
+      f"seeds) over the grid one search's budget pays for, by final "
+      f"validation loss; each evaluated seed ran the tuned meta step first, "
+      f"then spent the rest of its budget on scales within a factor "
+      f"{searches.TUNE_SPAN:g} of it (the tuning runs are not charged to the "
+      f"evaluated seeds: like FDS's outer step sizes, a setting fixed "
+      f"beforehand).\n\n")
 
 
 def _row(results, m, per_seed) -> list[str]:
@@ -186,6 +265,7 @@ def write(results, out_dir, command, tag=''):
       f"Paired method against method (the same HPO seeds and retrain "
       f"initialisations; an interval above 0: the first method wins beyond "
       f"seed luck):\n\n{paired_differences(r)}\n\n"
+      f"{reference_gains(r)}{_spaces_note(r)}{_tuning_note(r)}"
       f"{_merged_note(r)}"
       f"![accuracy vs budget]({os.path.basename(base)}.png)\n")
   with open(base + '.md', 'w') as f:

@@ -48,7 +48,8 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
               methods=methods_lib.NAMES, eval_points: int = 5,
               eval_seeds: int = 3, eval_batch: int = 0,
               blackbox_lr_intervals: int = 1, hyperband_reports: int = 9,
-              greedy_scales=(), fds_init: str = 'config',
+              greedy_scales=(), tune_greedy: bool = False,
+              fds_init: str = 'config',
               val_objective: str = '',
               fds_step_sizes: dict | None = None,
               fds_intervals: dict | None = None,
@@ -67,6 +68,10 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
   journal finishes what is left and returns the table.
 
   Args:
+    tune_greedy: the greedy methods' meta step tuned on a seed of its own
+      (:data:`benchmarks.hpo.searches.TUNE_SEED`) at the budget of one
+      evaluated search; each evaluated seed then tries it first and refines
+      around it.
     measure_costs: times the methods' calls, with the signature of
       :func:`benchmarks.hpo.costs.measure_costs` (tests give fixed costs,
       so that separate runs charge the same).
@@ -86,7 +91,7 @@ def run_table(task_name: str, *, horizon: int = 0, budget: int = 0,
       eval_points=eval_points, eval_seeds=eval_seeds,
       blackbox_lr_intervals=blackbox_lr_intervals,
       hyperband_reports=hyperband_reports, greedy_scales=list(greedy_scales),
-      fds_init=fds_init, repeats=repeats, data_dir=data_dir)
+      tune_greedy=tune_greedy, fds_init=fds_init, repeats=repeats, data_dir=data_dir)
   book = _open_journal(setup, journal_dir, shard)
   hook('load_task', task=task_name)
   task = tasks_lib.make_task(task_name, data_dir=data_dir, seed=0,

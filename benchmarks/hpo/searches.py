@@ -18,6 +18,7 @@ from hypergrad._src import schedule
 from hypergrad._src import search
 from hypergrad.experiments import blackbox
 from hypergrad.experiments import fds as fds_lib
+from hypergrad.experiments import references
 
 # FDS-population: each outer step aggregates this many inner runs (own
 # initialisation and validation split) by the median, the aggregate whose
@@ -141,6 +142,43 @@ def default_constants(task) -> dict:
           for k, v in task.spec.default_hparams}
 
 
+# --tune_greedy: the search seed the greedy methods' meta step is tuned on,
+# none of the evaluated ones (0 to seeds - 1).
+TUNE_SEED = 1000
+# Evaluated seeds then try the tuned meta step first and refine around it
+# within this factor either way.
+TUNE_SPAN = 4.0
+_TUNED = {}  # (task, method, horizon, budget, cost, grid) -> tuning info
+
+
+def tune_greedy(task, name, horizon, budget, cost, scales) -> dict:
+  """The meta step of greedy ``name``, tuned on :data:`TUNE_SEED`.
+
+  The tuning seed runs the grid its budget share (the one each evaluated
+  seed has) pays for and keeps the scale of the lowest validation loss.
+  Computed once per process (deterministic: shards and resumed runs agree).
+
+  Returns:
+    ``{'tuned_scale': s, 'tune_seed': TUNE_SEED, 'tune_runs': [...]}``.
+  """
+  key = (task.name, name, horizon, budget, cost, tuple(scales))
+  if key not in _TUNED:
+    _, info = run_greedy(task, name, horizon, budget, cost, TUNE_SEED,
+                         scales)
+    best = min(info['runs'], key=lambda r: r['val_loss'])
+    _TUNED[key] = {'tuned_scale': best['scale'], 'tune_seed': TUNE_SEED,
+                   'tune_runs': info['runs']}
+  return _TUNED[key]
+
+
+def tuned_grid(tuned: float, budget: float, cost: float) -> list[float]:
+  """The tuned scale, then a grid refining around it (coarse to fine)."""
+  n = max(int(budget // cost), 1)
+  # coarse_to_fine starts at the log-midpoint, the tuned scale itself.
+  return [tuned] + coarse_to_fine(n, tuned / TUNE_SPAN,
+                                  tuned * TUNE_SPAN)[1:]
+
+
 def run_greedy(task, name, horizon, budget, cost, seed, scales):
   """A greedy method, its meta step chosen by final validation loss."""
   if not scales:
@@ -165,13 +203,16 @@ def run_greedy(task, name, horizon, budget, cost, seed, scales):
   return checkpoints, {'runs': runs}
 
 
-def run_blackbox(task, name, horizon, budget, seed, lr_intervals, reports):
-  """An optuna search over constant (or piecewise-lr) schedules."""
+def run_blackbox(task, name, horizon, budget, seed, intervals, reports):
+  """An optuna search over schedules of ``intervals`` values per kind.
+
+  ``intervals``: kind -> values (1: a constant); the registry's ranges.
+  """
   split = task.default_split()
   result = blackbox.blackbox_search(
       task.step_fn(split), task.loss_fn(split),
       task.init_state(fds_lib.outer_seed(seed, 0)), horizon, int(budget),
-      method=name, seed=seed, intervals={'lr': lr_intervals},
+      method=name, seed=seed, intervals=intervals,
       hyperband_reports=reports, dtype=task.dtype)
   # Trials are sequential: at a smaller budget the search would have
   # returned the best trial finished by then.
@@ -185,6 +226,81 @@ def run_blackbox(task, name, horizon, budget, seed, lr_intervals, reports):
           'best_val_loss': result.best_value}
   return [(c, {k: jnp.asarray(np.asarray(v, task.dtype)) for k, v in
                h.items()}) for c, h in checkpoints], info
+
+
+# The references (hypergrad.experiments.references, shared with the main
+# job's summary).
+COSINE_WARMUP = references.COSINE_WARMUP
+COSINE_GRID = references.COSINE_GRID
+cosine_values = references.cosine_values
+
+
+def _trial_checkpoints(task, horizon, trials):
+  """What a sequence of full trials would return at each budget."""
+  checkpoints = []
+  for r in trials:
+    best = blackbox.best_so_far(trials, r.cumulative_steps)
+    if best is not None:
+      checkpoints.append((float(r.cumulative_steps),
+                          blackbox.parametric_schedule(
+                              best.hparams, horizon, task.dtype)))
+  return checkpoints
+
+
+def _search_problem(task, seed):
+  """The split and initialisation every black-box trial of ``seed`` uses."""
+  split = task.default_split()
+  return (task.step_fn(split), task.loss_fn(split),
+          task.init_state(fds_lib.outer_seed(seed, 0)))
+
+
+def run_parametric(task, name, horizon, budget, seed):
+  """Random search or TPE over the warm-up + decay schedule."""
+  trials = blackbox.parametric_search(
+      *_search_problem(task, seed), horizon, int(budget), method=name,
+      seed=seed, dtype=task.dtype)
+  best = blackbox.best_so_far(trials, int(budget))
+  return _trial_checkpoints(task, horizon, trials), {
+      'trials': len(trials),
+      'best_val_loss': best.value if best else math.inf,
+      'best': best.hparams if best else None}
+
+
+def run_cosine_grid(task, horizon, budget, seed):
+  """The warm-up + cosine reference, its peak lr the best of a small grid.
+
+  Chosen by the validation loss of the same split and initialisation as
+  the black-box trials; each run is charged T steps.
+  """
+  peak = dict(task.spec.default_hparams)['lr']
+  grid = [cosine_values(task, peak * f) for f in COSINE_GRID]
+  losses = []
+
+  def propose(number):
+    if number >= len(grid):
+      return None
+    return grid[number], losses.append
+  trials = blackbox.schedule_trials(*_search_problem(task, seed), horizon,
+                                    int(budget), propose, task.dtype)
+  return _trial_checkpoints(task, horizon, trials), {
+      'trials': len(trials),
+      'peak_lr': [r.hparams['peak_lr'] for r in trials],
+      'val_loss': losses}
+
+
+def run_cosine(task, horizon):
+  """The warm-up + cosine reference at the task's lr: no search, no cost."""
+  return [(0.0, blackbox.parametric_schedule(cosine_values(task), horizon,
+                                             task.dtype))], {}
+
+
+def validation_loss(task, hparams, horizon, seed) -> float:
+  """The validation loss every black-box trial of ``seed`` is scored by."""
+  step_fn, loss_fn, state = _search_problem(task, seed)
+  final = blackbox.train_steps(step_fn, state, hparams, num_steps=horizon,
+                               start=0, stop=horizon)
+  loss = float(loss_fn(final))
+  return loss if math.isfinite(loss) else math.inf
 
 
 def at_budget(checkpoints, budget):

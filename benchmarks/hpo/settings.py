@@ -80,6 +80,7 @@ class Setup:
   blackbox_lr_intervals: int
   hyperband_reports: int
   greedy_scales: list
+  tune_greedy: bool
   fds_init: str
   val_objective: str
   reverse_ckpt: int | None
@@ -99,7 +100,9 @@ class Setup:
             'fds_step_sizes': self.config.step_sizes.to_dict(),
             'fds_intervals': config_intervals(self.config),
             'reverse_checkpoint_every': self.reverse_ckpt,
-            'hypergrad': hypergrad.__version__}
+            'hypergrad': hypergrad.__version__,
+            # Only when on: journals from before the flag stay valid.
+            **({'tune_greedy': True} if self.tune_greedy else {})}
 
 
 def _override_config(config, step_sizes: dict, intervals: dict,

@@ -418,3 +418,143 @@ def best_so_far(trials: list[TrialRecord], budget: int) -> TrialRecord | None:
   done = [r for r in trials if r.state == 'complete'
           and r.cumulative_steps <= budget]
   return min(done, key=lambda r: (r.value, r.number)) if done else None
+
+
+# The schedule practitioners use instead of a learned one: a linear warm-up
+# to a peak lr, then a cosine or linear decay to a fraction of the peak;
+# constant momentum and weight decay. Ranges: the peak's, momentum's and
+# weight decay's are the registry's (SEARCH_SPACE), the shape's the usual
+# ones (warm-up up to a fifth of the run, decay to at most half the peak).
+PARAMETRIC_SPACE = {
+    'peak_lr': SEARCH_SPACE['lr'],
+    'warmup_fraction': (0.0, 0.2, False),
+    'final_fraction': (0.0, 0.5, False),
+    'momentum': SEARCH_SPACE['momentum'],
+    'weight_decay': SEARCH_SPACE['weight_decay'],
+}
+DECAYS = ('cosine', 'linear')
+PARAMETRIC_METHODS = ('random', 'tpe')
+
+
+def parametric_lr(num_steps: int, peak_lr: float, warmup_fraction: float,
+                  decay: str, final_fraction: float) -> np.ndarray:
+  """Per-step lr of the warm-up + decay schedule, shape ``(num_steps,)``.
+
+  Step ``t < W = round(warmup_fraction * T)`` has ``peak (t + 1) / W``;
+  from ``W`` the lr falls from the peak to ``final_fraction * peak`` at the
+  last step, along a half cosine or a line.
+
+  Raises:
+    ValueError: an unknown ``decay``.
+  """
+  if decay not in DECAYS:
+    raise ValueError(f'unknown decay {decay!r}; known: {", ".join(DECAYS)}.')
+  t = np.arange(num_steps, dtype=np.float64)
+  warm = int(round(warmup_fraction * num_steps))
+  # Progress through the decay: 0 at the first step after warm-up, 1 at
+  # the last step.
+  p = np.clip((t - warm) / max(num_steps - warm - 1, 1), 0.0, 1.0)
+  shape = 0.5 * (1 + np.cos(np.pi * p)) if decay == 'cosine' else 1 - p
+  lr = peak_lr * (final_fraction + (1 - final_fraction) * shape)
+  if warm:
+    lr = np.where(t < warm, peak_lr * (t + 1) / warm, lr)
+  return lr
+
+
+def parametric_schedule(values: Mapping[str, Any], num_steps: int,
+                        dtype=jnp.float32) -> dict:
+  """The schedule pytree of parametric ``values`` (T lr values, constants)."""
+  lr = parametric_lr(num_steps, values['peak_lr'], values['warmup_fraction'],
+                     values['decay'], values['final_fraction'])
+  return _as_schedule({'lr': lr, 'momentum': [values['momentum']],
+                       'weight_decay': [values['weight_decay']]}, dtype)
+
+
+def _sample_parametric(trial, space) -> dict:
+  values = {k: trial.suggest_float(k, low, high, log=log)
+            for k, (low, high, log) in space.items()}
+  values['decay'] = trial.suggest_categorical('decay', DECAYS)
+  return values
+
+
+def schedule_trials(step_fn: Callable, loss_fn: Callable, init_state: PyTree,
+                    num_steps: int, budget: int, propose: Callable,
+                    dtype=jnp.float32) -> list[TrialRecord]:
+  """Full-horizon trials of schedules from ``propose`` under a step budget.
+
+  The loop of :func:`blackbox_search` without chunks or pruning, for a
+  search space that is not one value per interval (a parametric schedule,
+  a fixed grid).
+
+  Args:
+    step_fn, loss_fn, init_state, num_steps: as for
+      :func:`blackbox_search` (``init_state`` a state: every trial starts
+      from it).
+    budget: inner steps; a trial runs only if the rest pays for all of it.
+    propose: ``propose(number) -> (values, tell)`` or None (no more
+      trials): ``values`` are what :func:`parametric_schedule` reads, and
+      ``tell(loss)`` is called with the trial's validation loss.
+    dtype: of the schedule arrays.
+
+  Returns:
+    A :class:`TrialRecord` per trial (``hparams``: the proposed values).
+  """
+  step_fn = unroll_lib.as_pytree_fn(step_fn)
+  loss_fn = unroll_lib.as_pytree_fn(loss_fn)
+  state0 = unroll_lib.as_state(init_state)
+  spent, records = 0, []
+  while budget - spent >= num_steps:
+    start = time.perf_counter()
+    proposal = propose(len(records))
+    if proposal is None:
+      break
+    values, tell = proposal
+    hparams = parametric_schedule(values, num_steps, dtype)
+    final = train_steps(step_fn, state0, hparams, num_steps=num_steps,
+                        start=0, stop=num_steps)
+    loss = float(_loss(loss_fn, final))
+    value = loss if math.isfinite(loss) else math.inf
+    tell(value)
+    spent += num_steps
+    records.append(TrialRecord(len(records), dict(values), value,
+                               'complete', num_steps, spent,
+                               time.perf_counter() - start))
+  return records
+
+
+def parametric_search(step_fn: Callable, loss_fn: Callable,
+                      init_state: PyTree, num_steps: int, budget: int, *,
+                      method: str = 'random', seed: int = 0,
+                      space: Mapping[str, tuple] | None = None,
+                      dtype=jnp.float32) -> list[TrialRecord]:
+  """optuna's random search or TPE over the warm-up + decay schedule.
+
+  The space is :data:`PARAMETRIC_SPACE` (or ``space``, the same keys) and
+  the decay's shape (:data:`DECAYS`); a trial trains the whole horizon.
+  The best trial's schedule is ``parametric_schedule(best.hparams, T)``
+  (see :func:`best_so_far`).
+
+  Raises:
+    ValueError: an unknown ``method``.
+  """
+  if method not in PARAMETRIC_METHODS:
+    raise ValueError(f'unknown method {method!r}; known: '
+                     f'{", ".join(PARAMETRIC_METHODS)}.')
+  optuna = _optuna()
+  space = dict(PARAMETRIC_SPACE if space is None else space)
+  verbosity = optuna.logging.get_verbosity()
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  study = optuna.create_study(direction='minimize',
+                              sampler=_sampler(method, seed),
+                              study_name=f'hypergrad-param-{method}-{seed}')
+
+  def propose(number):
+    del number
+    trial = study.ask()
+    return (_sample_parametric(trial, space),
+            lambda value: study.tell(trial, value))
+  try:
+    return schedule_trials(step_fn, loss_fn, init_state, num_steps, budget,
+                           propose, dtype)
+  finally:
+    optuna.logging.set_verbosity(verbosity)
