@@ -625,6 +625,20 @@ class AutoTest(parameterized.TestCase):
     self.assertLess(small, x.nbytes // 100)
     self.assertLess(big, x.nbytes // 10)
 
+  def test_population_members_share_the_budget(self):
+    # 4 vmapped members hold 4 tapes at once: each gets a quarter of the
+    # budget, so a tape that fits one member's budget may not fit a share.
+    plain = self.big.reverse_bytes
+    one = hypergrad.auto(memory_budget_bytes=2 * plain).choose(*self.args)
+    four = hypergrad.auto(memory_budget_bytes=2 * plain).sharing_memory(
+        4).choose(*self.args)
+    self.assertEqual(one.reverse_bytes, plain)
+    self.assertEqual(four.budget_bytes, 2 * plain // 4)
+    self.assertLess(four.reverse_bytes, plain)  # checkpointed
+    self.assertIn('shared by 4 runs at once', four.reason)
+    est = hypergrad.forward()
+    self.assertIs(est.sharing_memory(4), est)
+
   def test_measure_must_be_callable(self):
     with pytest.raises(TypeError, match="measure='cpu'"):
       hypergrad.auto(measure='cpu')

@@ -286,10 +286,13 @@ class Auto(estimator_lib.Estimator):
     measure: ``measure(step_fn, init_state, hparams, num_steps, tangents)
       -> ProbeTimes``, the step costs to decide by; None: :func:`probe`,
       measured on the device.
+    copies: runs that share the budget at once (a vmapped population's
+      members, set by :meth:`sharing_memory`); each gets ``1 / copies``.
   """
   memory_budget_bytes: int | None = None
   prefer: str | None = None
   measure: Callable[..., ProbeTimes] | None = None
+  copies: int = 1
 
   def __post_init__(self):
     object.__setattr__(self, 'memory_budget_bytes', validation.check_int(
@@ -297,6 +300,8 @@ class Auto(estimator_lib.Estimator):
     if self.prefer not in _PREFER:
       raise ValueError(f"prefer must be None, 'forward' or 'reverse', got "
                        f'prefer={self.prefer!r}.')
+    object.__setattr__(self, 'copies', validation.check_int(self.copies,
+                                                            'copies'))
     if self.measure is not None and not callable(self.measure):
       raise TypeError(f'measure must be callable or None, got '
                       f'measure={self.measure!r}.')
@@ -326,6 +331,9 @@ class Auto(estimator_lib.Estimator):
     diff_bytes = _nbytes(unroll_lib.split_state(init_state).diff)
     residual = step_residual_bytes(step_fn, init_state, hparams, num_steps)
     budget, source = memory_budget(self.memory_budget_bytes)
+    if self.copies > 1:
+      budget, source = budget // self.copies, (
+          f'{source}, shared by {self.copies} runs at once')
     c = max(1, round(math.sqrt(num_steps)))
 
     def forward_bytes(chunk):
@@ -381,6 +389,9 @@ class Auto(estimator_lib.Estimator):
       why += f', {chunk} tangents at a time'
     return AutoChoice(chosen, f'{why}. {facts}.', forward_cost, reverse_cost,
                       forward_bytes(chunk), reverse_bytes, budget, times)
+
+  def sharing_memory(self, copies: int) -> Auto:
+    return dataclasses.replace(self, copies=self.copies * copies)
 
   def compute(self, step_fn, loss_fn, init_state, hparams, num_steps,
               progress=None) -> estimator_lib.HypergradResult:

@@ -83,6 +83,16 @@ class Estimator:
     """
     raise NotImplementedError
 
+  def sharing_memory(self, copies: int) -> Estimator:
+    """This estimator for ``copies`` runs that hold memory at once.
+
+    A population vmaps its members' runs: an estimator that sizes itself
+    to a memory budget (:class:`hypergrad.Auto`) gives each its share.
+    Others are returned unchanged.
+    """
+    del copies
+    return self
+
   def __call__(self, step_fn, loss_fn, init_state, hparams, num_steps: int, *,
                progress: unroll_lib.Progress | None = None) -> HypergradResult:
     """Loss, hypergradients and unroll info of ``loss_fn`` after the run.

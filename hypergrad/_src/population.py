@@ -484,6 +484,11 @@ def population_hypergrad(step_fn, loss_fn, init_states, hparams,
   member0 = jax.tree.map(lambda x: x[0], init_states)
   _, hparams, num_steps = estimator_lib.validate_problem(member0, hparams,
                                                          num_steps)
+  # Members run at once (vmap), member_batch at a time, or split over
+  # devices: an estimator sized to a memory budget gives each its share.
+  devices = 1 if mesh is None else mesh.shape[member_axis]
+  estimator = estimator.sharing_memory(
+      min(member_batch or num, max(num // devices, 1)))
   step_spec, step_shared, step_batched = _member_fns(step_fn, num, 'step_fn')
   loss_spec, loss_shared, loss_batched = _member_fns(loss_fn, num, 'loss_fn')
   losses, grads, bad, finals = _members(

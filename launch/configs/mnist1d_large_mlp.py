@@ -35,7 +35,7 @@ def get_config():
   c = base.get_base_config('mnist1d_large_mlp')
   # Each outer step: the median of 4 inner runs' hypergradients, a value
   # whose runs split 2-2 in sign left in place; `auto` computes them by
-  # checkpointed reverse mode on a CPU (the same numbers as forward mode,
+  # reverse mode on a CPU (the same numbers as forward mode,
   # a third of its time here), so a step costs what one forward-mode
   # hypergradient did.
   c.population = 4
