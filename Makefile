@@ -12,7 +12,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-# The main job: FDS on MNIST-1D generated larger (locally, no download), ~50 s.
+# The main job: FDS on MNIST-1D generated larger (locally, no download), about a minute.
 run: $(VENV)/.installed
 	$(PY) -m launch.fds
 

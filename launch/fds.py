@@ -1,6 +1,6 @@
 r"""FDS hyperparameter optimisation from the command line.
 
-    python -m launch.fds                      # larger MNIST-1D MLP, ~50 s on 2 CPU cores
+    python -m launch.fds                      # larger MNIST-1D MLP, ~1 min on 2 CPU cores
     python -m launch.fds --config digits_mlp --config.outer_steps=5
     python -m launch.fds --config cifar10_wrn16_1 \
         --config.data_dir=~/tensorflow_datasets
