@@ -88,7 +88,8 @@ def flop_floor(steps: int, lr_intervals):
     g = 4
     dh = jax.tree.map(lambda x: jax.numpy.zeros((g,) + x.shape, x.dtype), h)
     pushed = common.compiled_flops(
-        lambda d, r, z, h=h, dh=dh: tangents.push(step, d, r, h, t, z, dh),
+        lambda d, r, z, h=h, dh=dh: tangents.push_batch(step, d, r, h, t, z,
+                                                       dh),
         split.diff, split.rest, tangents.zeros(g, split.diff))
     per_tangent = (pushed - plain) / plain / g
     begun = sum(steps - d.start for d in forward_lib.directions(hp, steps)

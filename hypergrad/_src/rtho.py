@@ -91,7 +91,7 @@ def _update(every, reset, meta_opt, step_fn, loss_fn, state: RTHOState, t):
       due, hyper_step, lambda operand: operand,
       (state.hparams, state.tangents, state.hypergrad, state.meta_state))
 
-  new_diff, new_rest, tangents = tangents_lib.push(
+  new_diff, new_rest, tangents = tangents_lib.push_batch(
       step, split.diff, split.rest, values, t, tangents,
       tangents_lib.basis(values))
   return RTHOState(merge(new_diff, new_rest), values, hypergrad, tangents,

@@ -12,9 +12,9 @@ whole run) and RTHO (online) differ only in when they contract and how
 
 * :func:`step_pieces`: the inner step on the *differentiable* part of the
   state (integer leaves such as PRNG keys ride along untouched);
-* :func:`push`: one linearisation of the step applied to the whole tangent
-  batch (``jax.linearize`` + ``jax.vmap``), so the primal step and its
-  residuals are computed once per inner step, not once per tangent;
+* :func:`push_batch`: the step and the whole tangent batch in one ``vmap``
+  of ``jvp``, so the primal step is computed once per inner step, not once
+  per tangent;
 * :func:`basis` and :func:`contract`: one-hot tangents of a pytree of values,
   and ``grad E . Z`` back into the structure of the values.
 
@@ -54,26 +54,6 @@ def step_pieces(step_fn: Callable, split: unroll_lib.SplitState):
     return out.diff, out.rest
 
   return step, merge
-
-
-def push(step, diff, rest, h, t, tangents, dh):
-  """One inner step of the primal and of a batch of tangents.
-
-  Args:
-    step: from :func:`step_pieces`.
-    diff, rest: the state's differentiable and other leaves.
-    h: the hyperparameters in force at step ``t`` (``hparams_t``).
-    t: int32 step index.
-    tangents: list of ``(K, *leaf.shape)`` arrays, one per ``diff`` leaf.
-    dh: pytree like ``h`` with leaves ``(K, *leaf.shape)``: each tangent's
-      direction in hyperparameter space at this step.
-
-  Returns:
-    ``(new_diff, new_rest, new_tangents)``.
-  """
-  new_diff, lin, new_rest = jax.linearize(
-      lambda d, h_: step(d, rest, h_, t), diff, h, has_aux=True)
-  return new_diff, new_rest, list(jax.vmap(lin)(tangents, dh))
 
 
 def linearize(step, diff, rest, h, t):
