@@ -151,7 +151,7 @@ def time_population(task, hparams, steps, sizes, member_batches, repeats,
     def population(batch):
       return lambda: hypergrad.population_hypergrad(
           step_fns, loss_fns, states, hparams, steps,
-          member_batch=batch).stats.hypergrads
+          member_batch=batch).info.hypergrads
 
     variants = {'one vmapped program': population(None)}
     for b in member_batches:
@@ -188,11 +188,11 @@ def member_pool(task, hparams, steps, num, batch, seed, log):
     t0 = time.perf_counter()
     out = hypergrad.population_hypergrad(step_fns, loss_fns, states, hparams,
                                          steps)
-    bad = np.asarray(out.stats.nonfinite_step)
+    bad = np.asarray(out.info.nonfinite_step)
     if (bad >= 0).any():
       raise FloatingPointError(f'members {list(seeds)} diverged: {bad}')
-    grads.append(flat(out.stats.hypergrads))
-    losses.append(np.asarray(out.stats.losses))
+    grads.append(flat(out.info.hypergrads))
+    losses.append(np.asarray(out.info.losses))
     log(f'  members {seeds.start}..{seeds.stop - 1}: '
         f'{time.perf_counter() - t0:.1f} s')
   return np.concatenate(grads), np.concatenate(losses)

@@ -9,6 +9,9 @@ The core imports jax, optax, chex and numpy only. The experiment kit
 :mod:`hypergrad.experiments`, an optional extra that the core never imports.
 """
 
+from hypergrad._src.aggregate import AGGREGATES
+from hypergrad._src.aggregate import PopulationAggregate
+from hypergrad._src.aggregate import aggregate_hypergrads
 from hypergrad._src.auto import Auto
 from hypergrad._src.auto import AutoChoice
 from hypergrad._src.auto import ProbeTimes
@@ -46,11 +49,9 @@ from hypergrad._src.outer import scale_by_sign_descent
 from hypergrad._src.outer import settled
 from hypergrad._src.outer import sign_descent
 from hypergrad._src.outer import simplex
-from hypergrad._src.population import AGGREGATES
-from hypergrad._src.population import PopulationAggregate
-from hypergrad._src.population import PopulationResult
+from hypergrad._src.population import Population
 from hypergrad._src.population import PopulationStats
-from hypergrad._src.population import aggregate_hypergrads
+from hypergrad._src.population import population
 from hypergrad._src.population import population_hypergrad
 from hypergrad._src.registry import OPTIMIZERS
 from hypergrad._src.registry import HParamSpec
@@ -101,8 +102,8 @@ __all__ = (
     'OnlineMethod',
     'OptaxState',
     'OuterState',
+    'Population',
     'PopulationAggregate',
-    'PopulationResult',
     'PopulationStats',
     'ProbeTimes',
     'Progress',
@@ -140,6 +141,7 @@ __all__ = (
     'positive_definite',
     'outer_init',
     'outer_step',
+    'population',
     'population_hypergrad',
     'project',
     'projection',

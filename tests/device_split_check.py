@@ -83,12 +83,12 @@ def main():
       step_fn, loss_fn, states, hp, 120, aggregate='median',
       estimator=hypergrad.forward(mesh=tangent_mesh))
   out['population'] = {
-      'members_split': _diff(ref.stats.hypergrads, by_member.stats.hypergrads),
+      'members_split': _diff(ref.info.hypergrads, by_member.info.hypergrads),
       'members_split_aggregate': _diff(ref.hypergrads, by_member.hypergrads),
-      'members_split_auto_axes': _diff(ref.stats.hypergrads,
-                                       by_member_auto.stats.hypergrads),
-      'tangents_split': _diff(ref.stats.hypergrads,
-                              by_tangent.stats.hypergrads),
+      'members_split_auto_axes': _diff(ref.info.hypergrads,
+                                       by_member_auto.info.hypergrads),
+      'tangents_split': _diff(ref.info.hypergrads,
+                              by_tangent.info.hypergrads),
   }
   try:
     hypergrad.population_hypergrad(

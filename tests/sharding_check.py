@@ -40,13 +40,13 @@ def launch_runs():
   # Which splits the runs really made: meshes the estimators and the
   # population were given.
   seen = []
-  population_hypergrad = hypergrad.population_hypergrad
+  call = hypergrad.Population.__call__
 
-  def recording(*args, **kwargs):
-    seen.append(dict(kwargs['mesh'].shape) if kwargs.get('mesh') else None)
-    return population_hypergrad(*args, **kwargs)
+  def recording(self, *args, **kwargs):
+    seen.append(dict(self.mesh.shape) if self.mesh else None)
+    return call(self, *args, **kwargs)
 
-  hypergrad.population_hypergrad = recording
+  hypergrad.Population.__call__ = recording
   compute = hypergrad.Forward.compute
 
   def recording_compute(self, *args, **kwargs):

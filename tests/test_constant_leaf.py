@@ -93,7 +93,7 @@ def test_population_aggregate_keeps_the_wrapper():
   result = hypergrad.population_hypergrad(
       step_fn, loss_fn, states, hparams, T, estimator=hypergrad.reverse())
   assert result.hypergrads['weights'].value.shape == (N,)
-  assert result.stats.sign_agreement['coupling'].value.shape == (2, 2)
+  assert result.info.sign_agreement['coupling'].value.shape == (2, 2)
 
 
 def test_flat_vector_as_schedule_is_refused_naming_constant_leaf():

@@ -159,8 +159,8 @@ class EqualsPerMemberTest(parameterized.TestCase):
                                              _HPARAMS, _T)
     mapped = hypergrad.population_hypergrad(step_fn, loss_fn, states,
                                             _HPARAMS, _T, member_batch=2)
-    chex.assert_trees_all_close(mapped.stats.hypergrads,
-                                vmapped.stats.hypergrads, rtol=1e-12,
+    chex.assert_trees_all_close(mapped.info.hypergrads,
+                                vmapped.info.hypergrads, rtol=1e-12,
                                 atol=1e-15)
 
   def test_float32_stays_float32(self):
@@ -227,7 +227,7 @@ class AggregateTest(parameterized.TestCase):
     x, y = _data()
     step_fn, loss_fn = _shared_fns(x, y)
     states = _states(range(5))
-    for name in population_lib.AGGREGATES:
+    for name in hypergrad.AGGREGATES:
       _, grads, stats = hypergrad.population_hypergrad(
           step_fn, loss_fn, states, _HPARAMS, _T, aggregate=name,
           min_agreement=0.5)
@@ -241,7 +241,7 @@ class AggregateTest(parameterized.TestCase):
                          [2.0, -2.0, -1.0, 1.0],
                          [3.0, 5.0, 1.0, -1.0],
                          [4.0, -1.0, -2.0, 1.0]])}
-    for name in population_lib.AGGREGATES:
+    for name in hypergrad.AGGREGATES:
       out = hypergrad.aggregate_hypergrads(g, name, min_agreement=0.5)
       np.testing.assert_array_equal(out.sign_agreement['h'],
                                     [1.0, 0.0, 0.5, 0.5])
@@ -252,7 +252,7 @@ class AggregateTest(parameterized.TestCase):
 
   def test_nan_member_is_not_hidden(self):
     g = {'h': jnp.array([[1.0, 1.0], [np.nan, 1.0], [1.0, 1.0]])}
-    for name in population_lib.AGGREGATES:
+    for name in hypergrad.AGGREGATES:
       out = hypergrad.aggregate_hypergrads(g, name, min_agreement=0.9)
       assert np.isnan(out.hypergrads['h'][0]), name
       assert out.hypergrads['h'][1] != 0, name
@@ -441,9 +441,8 @@ class UndecidedTest(parameterized.TestCase):
     step, loss, states, hparams, _ = _noisy_problem(signal, sigma=0.5)
 
     def fn(h, k):
-      return hypergrad.population_hypergrad(
-          step, loss, states(64, k), h, 20,
-          min_agreement=0.5).as_hypergrad_result()
+      return hypergrad.population(min_agreement=0.5)(
+          step, loss, states(64, k), h, 20)
 
     state, records = hypergrad.fds_search(
         fn, hparams, opt=hypergrad.sign_descent(0.1), max_outer_steps=3)
@@ -459,12 +458,17 @@ class NonFiniteTest(parameterized.TestCase):
     states = jnp.array([1.0, 1e300, 2.0])
     out = hypergrad.population_hypergrad(
         step, lambda s: s ** 2, states, {'lr': jnp.array([0.5, 0.5])}, 40)
-    steps = np.asarray(out.stats.nonfinite_step)
+    steps = np.asarray(out.info.nonfinite_step)
     assert steps[0] == -1 and steps[2] == -1 and steps[1] >= 0
     assert not np.isfinite(float(out.loss))
-    result = out.as_hypergrad_result()
-    assert int(result.info.nonfinite_step) == steps[1]
-    chex.assert_shape(result.info.final_state, (3,))
+    # The outer loop reports the earliest member's step (a later step, so
+    # it rejects the step instead of raising).
+    h = {'lr': jnp.array([0.5, 0.5])}
+    opt = hypergrad.sign_descent(0.1)
+    state = hypergrad.outer_init(h, opt)._replace(step=1, initial_loss=1.0)
+    _, record = hypergrad.outer_step(lambda h, k: out, opt, state)
+    assert not record['accepted'] and record['nonfinite_step'] == steps[1]
+    chex.assert_shape(out.info.final_state, (3,))
 
 
 class BadInputTest(parameterized.TestCase):

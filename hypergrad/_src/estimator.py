@@ -37,11 +37,14 @@ class HypergradResult(NamedTuple):
     hypergrads: ``d loss / d hparams``, with exactly the structure, shapes and
       dtypes of ``hparams``.
     info: :class:`hypergrad.UnrollInfo`: the final inner state and the first
-      inner step whose state (or tangents) was non-finite, -1 if none.
+      inner step whose state (or tangents) was non-finite, -1 if none; for a
+      :func:`hypergrad.population`, :class:`hypergrad.PopulationStats`: the
+      same two fields with a leading member axis, and the members' losses,
+      hypergradients and per-value statistics.
   """
   loss: jax.Array
   hypergrads: PyTree
-  info: unroll_lib.UnrollInfo
+  info: Any
 
 
 def validate_problem(init_state, hparams, num_steps):
@@ -71,6 +74,10 @@ class Estimator:
   the shapes and dtypes, so new hyperparameter values (and new arrays bound to
   the functions with ``jax.tree_util.Partial``) never recompile.
   """
+
+  # Whether a call runs several inner runs at once (a population): their
+  # initial states carry a leading member axis.
+  runs_members = False
 
   def compute(self, step_fn, loss_fn, init_state, hparams, num_steps: int,
               progress: unroll_lib.Progress | None = None) -> HypergradResult:
@@ -134,10 +141,21 @@ def _run(estimator, num_steps, progress, step_fn, loss_fn, init_state,
                            progress)
 
 
-def check_estimator(estimator, name: str = 'estimator') -> Estimator:
-  """Refuses anything but an :class:`Estimator` value (a string, say)."""
+def check_estimator(estimator, name: str = 'estimator', *,
+                    single_run: bool = False) -> Estimator:
+  """Refuses anything but an :class:`Estimator` value (a string, say).
+
+  With ``single_run``, also one that runs several inner runs at once (a
+  :func:`hypergrad.population`): where one run is differentiated (a
+  population's members, truncated greedy's look-ahead).
+  """
   if not isinstance(estimator, Estimator):
     raise TypeError(
         f'{name} must be an estimator value such as hypergrad.forward() or '
         f'hypergrad.reverse(checkpoint_every=...), got {estimator!r}.')
+  if single_run and estimator.runs_members:
+    raise TypeError(
+        f'{name} must differentiate one inner run (hypergrad.forward(), '
+        f'hypergrad.reverse(), hypergrad.auto()), not a population of them; '
+        f'got {estimator!r}.')
   return estimator

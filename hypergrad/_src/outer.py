@@ -142,8 +142,7 @@ def scale_by_sign_descent(step_sizes=None, *, decay: float = 0.5
       outside (0, 1); at construction. A hyperparameter name with no step
       size; at ``init``.
   """
-  if not (not validation.is_bool(decay) and isinstance(decay, (int, float))
-          and 0.0 < decay < 1.0):
+  if not (validation.is_real(decay) and 0.0 < decay < 1.0):
     raise ValueError(f'decay must be in (0, 1), got decay={decay!r}.')
   sizes = _check_rates(step_sizes, 'step_sizes',
                        fill=registry.ALL_OUTER_STEPS)

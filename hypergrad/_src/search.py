@@ -134,11 +134,27 @@ def _default_opt(hparams) -> optax.GradientTransformation:
   return outer.sign_descent()
 
 
+def _as_result(out) -> tuple[Any, PyTree, Any]:
+  """``(loss, hypergrads, info)`` of what a hypergradient function returned.
+
+  An estimator's :class:`hypergrad.HypergradResult` (a population's too), or
+  a pair ``(loss, hypergrads)`` such as ``jax.value_and_grad`` gives, whose
+  info is None.
+  """
+  if isinstance(out, estimator_lib.HypergradResult):
+    return tuple(out)
+  if isinstance(out, tuple) and len(out) == 2:
+    return out[0], out[1], None
+  raise TypeError(
+      'hypergrad_fn must return a hypergrad.HypergradResult (what every '
+      'estimator, a population included, returns) or a pair (val_loss, '
+      f'hypergrads); got {type(out).__name__}'
+      + (f' of length {len(out)}' if isinstance(out, tuple) else '') + '.')
+
+
 def _check_factor(divergence_factor) -> None:
   if divergence_factor is not None and not (
-      isinstance(divergence_factor, (int, float, np.floating))
-      and not isinstance(divergence_factor, bool)
-      and divergence_factor > 1):
+      validation.is_real(divergence_factor) and divergence_factor > 1):
     raise ValueError('divergence_factor must be a number > 1 or None, got '
                      f'divergence_factor={divergence_factor!r}.')
 
@@ -156,8 +172,7 @@ def exploded(loss: float, initial_loss: float,
 
 def _check_collapse(collapse_loss) -> None:
   if collapse_loss is not None and not (
-      isinstance(collapse_loss, (int, float, np.floating))
-      and not isinstance(collapse_loss, bool) and math.isfinite(collapse_loss)):
+      validation.is_real(collapse_loss) and math.isfinite(collapse_loss)):
     raise ValueError('collapse_loss must be a finite number or None, got '
                      f'collapse_loss={collapse_loss!r}.')
 
@@ -179,11 +194,11 @@ def step(hypergrad_fn: HypergradFn, opt: optax.GradientTransformation,
   """One outer step.
 
   Args:
-    hypergrad_fn: ``hypergrad_fn(hparams, outer_step)`` returning a
-      :class:`hypergrad.HypergradResult` (whose unroll info locates a
-      divergence), a :class:`hypergrad.PopulationResult` (its mean loss and
-      aggregate; its members' sign agreement is recorded) or a pair
-      ``(val_loss, hypergrads)``; the outer step index
+    hypergrad_fn: ``hypergrad_fn(hparams, outer_step)`` returning what
+      any estimator returns, a :class:`hypergrad.HypergradResult` (whose
+      info locates a divergence; a population's also holds its members'
+      sign agreement, which is recorded), or a pair ``(val_loss,
+      hypergrads)``; the outer step index
       lets it re-draw the validation split or the inner initialisation
       reproducibly.
     opt: the outer optimiser, any optax ``GradientTransformation`` (e.g.
@@ -226,17 +241,11 @@ def step(hypergrad_fn: HypergradFn, opt: optax.GradientTransformation,
   _check_collapse(collapse_loss)
   start = time.perf_counter()
   out = hypergrad_fn(state.hparams, state.step)
-  sign_agreement = None
-  if isinstance(out, estimator_lib.HypergradResult):
-    loss, grads, info = out
-    nonfinite_step = int(info.nonfinite_step)
-  elif isinstance(out, population_lib.PopulationResult):
-    loss, grads, stats = out
-    bad = np.asarray(stats.nonfinite_step)
-    nonfinite_step = int(bad[bad >= 0].min()) if (bad >= 0).any() else -1
-    sign_agreement = stats.sign_agreement
-  else:
-    (loss, grads), nonfinite_step = out, None
+  loss, grads, info = _as_result(out)
+  # A population's info holds its members' agreement; a single run's, none.
+  sign_agreement = getattr(info, 'sign_agreement', None)
+  nonfinite_step = (None if info is None else
+                    population_lib.first_nonfinite(info.nonfinite_step))
   loss = float(jax.block_until_ready(loss))
   record = {'outer_step': state.step, 'hparams': state.hparams,
             'val_loss': loss, 'hypergrads': grads,

@@ -40,12 +40,16 @@ def member_seed(step_seed: int, member: int) -> int:
   return step_seed + member * 10**7
 
 
-def first_member(result) -> tuple[Any, int]:
-  """``(final_state, nonfinite_step)`` of a result's (first) inner run."""
-  if isinstance(result, hypergrad.PopulationResult):
-    return (jax.tree.map(lambda x: x[0], result.stats.final_states),
-            int(result.stats.nonfinite_step[0]))
-  return result.info.final_state, int(result.info.nonfinite_step)
+def first_member(result: hypergrad.HypergradResult) -> tuple[Any, int]:
+  """``(final_state, nonfinite_step)`` of a result's (first) inner run.
+
+  A population's info holds its members' on a leading axis: member 0's.
+  """
+  info = result.info
+  if isinstance(info, hypergrad.PopulationStats):
+    return (jax.tree.map(lambda x: x[0], info.final_state),
+            int(info.nonfinite_step[0]))
+  return info.final_state, int(info.nonfinite_step)
 
 
 def estimator_from_config(config, mesh=None) -> hypergrad.Estimator:
@@ -115,10 +119,11 @@ def make_hypergrad_fn(
   """FDS's ``hypergrad_fn(hparams, outer_step)`` for a task.
 
   With ``population=S > 1`` each outer step's hypergradient aggregates ``S``
-  inner runs in one program (:func:`hypergrad.population_hypergrad`), each
-  member with its own validation split and initialisation, and returns a
-  :class:`hypergrad.PopulationResult` (the outer loop records its sign
-  agreement); otherwise a :class:`hypergrad.HypergradResult`.
+  inner runs in one program (:func:`hypergrad.population` around
+  ``estimator``), each member with its own validation split and
+  initialisation; its :class:`hypergrad.HypergradResult`'s info is then a
+  :class:`hypergrad.PopulationStats` (the outer loop records its sign
+  agreement).
 
   Args:
     task: the task.
@@ -133,7 +138,7 @@ def make_hypergrad_fn(
       (a population's first member's split).
     population: inner runs per outer step, ``S >= 1``.
     aggregate, min_agreement: how a population's hypergradients combine
-      (see :func:`hypergrad.population_hypergrad`); ignored for ``S = 1``.
+      (see :func:`hypergrad.population`); ignored for ``S = 1``.
     population_from: outer steps before this one run one inner run (the
       population's first member), the later ones the population. Far from
       the optimum every member agrees in sign (from FDS's init 0 on the
@@ -148,14 +153,13 @@ def make_hypergrad_fn(
     program serves every outer step (new splits and initialisations are
     arguments).
   """
-  if not isinstance(estimator, hypergrad.Estimator):
-    raise TypeError(f'estimator must be an estimator value, got '
-                    f'{estimator!r}.')
-
   population = validation.check_int(population, 'population')
   population_from = validation.check_int(population_from, 'population_from',
                                          minimum=0)
-  members = member_mesh(mesh, population)
+  # Built here, so a bad estimator or aggregate is refused before compute.
+  members = hypergrad.population(estimator, aggregate=aggregate,
+                                 min_agreement=min_agreement,
+                                 mesh=member_mesh(mesh, population))
 
   told = []
 
@@ -177,11 +181,10 @@ def make_hypergrad_fn(
       result = estimator(task.step_fn(splits[0]), task.loss_fn(splits[0]),
                          states[0], hparams, horizon, progress=progress)
     else:
-      result = hypergrad.population_hypergrad(
+      result = members(
           [task.step_fn(x) for x in splits], [task.loss_fn(x) for x in splits],
           jax.tree.map(lambda *xs: jax.numpy.stack(xs), *states), hparams,
-          horizon, estimator=estimator, aggregate=aggregate,
-          min_agreement=min_agreement, mesh=members)
+          horizon)
     if on_result is not None:
       on_result(result, splits[0])
     return result

@@ -391,7 +391,7 @@ def make_mesh(spec: str) -> jax.sharding.Mesh | None:
 
   Axes: ``data`` splits every minibatch (data parallel), ``tangent`` splits
   forward mode's tangents (``hypergrad.forward(mesh=...)``) and ``member``
-  a population's inner runs (``hypergrad.population_hypergrad(mesh=...)``).
+  a population's inner runs (``hypergrad.population(mesh=...)``).
   Each may be given once, and at most one may span more than one device:
   the task's arrays are placed on the ``data`` axis, and inside a tangent or
   member split (``jax.shard_map``) arrays placed on the whole mesh do not
