@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Callable
 
 from absl import logging
 
@@ -26,6 +27,12 @@ except ImportError:  # run as a script, not as a package module
   import validation  # type: ignore
 
 ConfigError = validation.ConfigError
+
+# A fault-injection seam for tests, None in a run: when set, the checkpoints
+# report each phase of their writing to it, ``on_checkpoint_write(phase,
+# path)`` (``OuterCheckpointer``'s ``on_write``), so a test can kill a run of
+# ``launch.fds`` while it writes a checkpoint (tests/test_checkpoint.py).
+on_checkpoint_write: Callable[[str, str], None] | None = None
 
 
 def claim(workdir, resume, overwrite, config_json):
@@ -83,7 +90,8 @@ def _check_same_claim(workdir, resume, overwrite, config_json, lock, error):
 
 def open_checkpointer(workdir) -> ckpt_lib.OuterCheckpointer:
   """The checkpoints of the run in ``workdir`` (``workdir/checkpoints``)."""
-  return ckpt_lib.OuterCheckpointer(os.path.join(workdir, 'checkpoints'))
+  return ckpt_lib.OuterCheckpointer(os.path.join(workdir, 'checkpoints'),
+                                    on_write=on_checkpoint_write)
 
 
 def restore(checkpointer, state, workdir, config_json):
