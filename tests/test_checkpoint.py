@@ -134,58 +134,43 @@ def test_sigkill_mid_run_resumes_to_the_uninterrupted_result(env, reference,
 
 
 # Killed (SIGKILL) while writing checkpoint 2, at three moments: right after
-# orbax made its temporary folder; with the array item written but not yet
-# committed; with every file and the commit marker written, just before the
-# rename that publishes the step (the first two are marked slow). orbax's
-# private hooks are patched in the child only; if they stop firing, the run is
-# not killed and the test fails.
+# its temporary folder was made; with the array item written but not yet
+# committed; with every item written and in place, just before the step is
+# committed and renamed (the first two are marked slow). The child is
+# `launch.fds` itself with the launch's fault-injection seam set
+# (launch.workdir.on_checkpoint_write, reported by OuterCheckpointer's
+# on_write; no orbax internals patched); if the seam stops reporting, the
+# run is not killed and the test fails.
 _DIE_WHILE_SAVING = r'''
 import os, signal, sys
-from orbax.checkpoint._src.path import async_path, atomicity
-moment = sys.argv.pop(1)
-tmp_name = '2' + atomicity.TMP_DIR_SUFFIX
-A = atomicity.AtomicRenameTemporaryPath
-create, finalize, rename = A.create, A.finalize, async_path.rename
-
-def die():
-  sys.stdout.flush(); sys.stderr.flush()
-  os.kill(os.getpid(), signal.SIGKILL)
-
-async def patched_create(self):
-  out = await create(self)
-  if moment == 'created' and self.get().name == tmp_name:
-    die()
-  return out
-
-async def patched_finalize(self):
-  final = self.get_final()
-  if (moment == 'items' and final.name == 'state'
-      and final.parent.name == tmp_name):
-    die()
-  return await finalize(self)
-
-async def patched_rename(src, dst):
-  if moment == 'renaming' and os.path.basename(str(dst)) == '2':
-    die()
-  return await rename(src, dst)
-
-A.create, A.finalize, async_path.rename = (patched_create, patched_finalize,
-                                           patched_rename)
 from absl import app
-from launch import fds
+from launch import fds, workdir
+phase, where = sys.argv.pop(1).split(':')
+
+def die(event, path):
+  if event == phase and path.endswith(os.sep + where):
+    sys.stdout.flush(); sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+workdir.on_checkpoint_write = die
 app.run(fds.main)
 '''
+# moment: (phase, the end of the path it reports).
+MOMENTS = {'created': ('created', '2'),
+           'items': ('finalizing', f'2{TMP_SUFFIX}/state'),
+           'renaming': ('finalizing', '2')}
 
 
 @pytest.mark.parametrize('moment', [
     pytest.param('created', marks=pytest.mark.slow),
     pytest.param('items', marks=pytest.mark.slow),
-    'renaming',  # the last moment: every file written, none published
+    'renaming',  # the last moment: every item written, none published
 ])
 def test_sigkill_during_checkpoint_write_resumes_from_previous(
     env, reference, tmp_path, moment):
   workdir = tmp_path / 'run'
-  killed = _fds(env, workdir, prefix=('-c', _DIE_WHILE_SAVING, moment))
+  killed = _fds(env, workdir, prefix=('-c', _DIE_WHILE_SAVING,
+                                      ':'.join(MOMENTS[moment])))
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
   ckpts = workdir / 'checkpoints'
   # What orbax leaves behind: the previous step whole, the new one only as
@@ -282,6 +267,32 @@ def test_round_trip(copy):
   assert _tree_equal(state, _state(3))
   assert (json.dumps(records, sort_keys=True)  # NaN included
           == json.dumps(_records(3), sort_keys=True))
+
+
+def test_on_write_reports_each_phase_of_a_write(tmp_path):
+  # The seam the kill tests above stop a run at: every phase is reported
+  # while the step is only a temporary folder, in the order it happens.
+  directory = tmp_path / 'checkpoints'
+  seen = []
+
+  def on_write(phase, path):
+    seen.append((phase, os.path.relpath(path, directory)))
+    assert sorted(os.listdir(directory)) == [f'1{TMP_SUFFIX}']
+
+  ckpt = ckpt_lib.OuterCheckpointer(str(directory), on_write=on_write)
+  ckpt.save(_state(1), _records(1))
+  ckpt.close()
+  items = [f'1{TMP_SUFFIX}/{item}' for item in ('records', 'state')]
+  assert seen[0] == ('created', '1') and seen[-1] == ('finalizing', '1')
+  assert sorted(seen[1:-1]) == [(phase, item) for phase in ('created',
+                                                            'finalizing')
+                                for item in items]
+  for item in items:
+    assert seen.index(('created', item)) < seen.index(('finalizing', item))
+  assert os.listdir(directory) == ['1']
+  state, records = ckpt_lib.OuterCheckpointer(str(directory)).restore_latest(
+      _template())
+  assert _tree_equal(state, _state(1)) and records == _records(1)
 
 
 def _truncate(path, keep=0.5):

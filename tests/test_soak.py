@@ -25,6 +25,7 @@ from hypergrad._src import schedule
 from hypergrad._src import search
 from hypergrad.experiments import checkpoint as ckpt_lib
 from hypergrad.experiments import tasks as tasks_lib
+from launch import hypergradients
 from launch import train
 from launch.configs import mnist1d_mlp
 
@@ -62,7 +63,7 @@ def test_memory_flat_over_20_outer_steps(tmp_path):
   hparams0 = {k: schedule.constant(config.init[k], config.intervals[k],
                                    task.dtype) for k in kinds}
   opt = hypergrad.sign_descent({k: config.step_sizes[k] for k in kinds})
-  fn, _ = train._hypergrad_fn(config, task)  # pylint: disable=protected-access
+  fn, _ = hypergradients.make_hypergrad_fn(config, task)
   checkpointer = ckpt_lib.OuterCheckpointer(str(tmp_path / 'checkpoints'))
 
   state, records, samples = search.init(hparams0, opt), [], []

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -124,6 +124,28 @@ def state_digest(state: search.OuterState) -> str:
   return h.hexdigest()
 
 
+def _reporting_temporary_path(on_write: Callable[[str, str], None]):
+  """orbax's atomic-rename temporary folder, telling ``on_write`` its phases.
+
+  A subclass of the public ``orbax.checkpoint.path.atomicity``
+  ``AtomicRenameTemporaryPath`` (orbax's ``temporary_path_class`` option):
+  it creates, writes and renames exactly as its base does.
+  """
+
+  class ReportingTemporaryPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
+
+    async def create(self, *args, **kwargs):
+      path = await super().create(*args, **kwargs)
+      on_write('created', str(self.get_final()))
+      return path
+
+    async def finalize(self, *args, **kwargs):
+      on_write('finalizing', str(self.get_final()))
+      return await super().finalize(*args, **kwargs)
+
+  return ReportingTemporaryPath
+
+
 class OuterCheckpointer:
   """Saves and restores the outer loop, keeping the last ``max_to_keep``.
 
@@ -138,13 +160,32 @@ class OuterCheckpointer:
     >>> ckpt.close()
   """
 
-  def __init__(self, directory: str, max_to_keep: int = 2):
+  def __init__(self, directory: str, max_to_keep: int = 2,
+               on_write: Callable[[str, str], None] | None = None):
+    """Opens (creating it) the checkpoint folder ``directory``.
+
+    Args:
+      directory: the folder of the checkpoints, one subfolder per step.
+      max_to_keep: the latest checkpoints kept; older ones are deleted.
+      on_write: a fault-injection seam for tests (None in a run): called as
+        ``on_write(phase, path)`` while a checkpoint is written, where
+        ``path`` is a step's folder or an item's folder (``state``,
+        ``records``) inside the step's temporary folder, as it will be named
+        once published. ``'created'``: its temporary folder now exists,
+        nothing written in it yet. ``'finalizing'``: everything in it is
+        written, and it is about to be committed and renamed to ``path``.
+        An ``on_write`` that kills the process there leaves what a crash at
+        that moment would. It writes through orbax's atomic-rename
+        temporary folders (the default on a local file system).
+    """
     self.directory = os.path.abspath(directory)
+    hooks = {} if on_write is None else {
+        'temporary_path_class': _reporting_temporary_path(on_write)}
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True,
-            enable_async_checkpointing=False))
+            enable_async_checkpointing=False, **hooks))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

@@ -7,7 +7,7 @@ with the task's momentum and weight decay; and the same with its peak lr
 the best of a small grid (:data:`COSINE_GRID`, factors of the usual lr).
 The strongest of these is chosen on validation loss, never on test, by
 :func:`strongest_reference`. Shared by the HPO table
-(``benchmarks/hpo/``) and the main job's summary (``launch/train.py``).
+(``benchmarks/hpo/``) and the main job's summary (``launch/report.py``).
 """
 
 from __future__ import annotations
