@@ -199,7 +199,7 @@ def probe(step_fn, init_state, hparams, num_steps: int,
   steps = min(PROBE_STEPS, num_steps)
   split = unroll_lib.split_state(init_state)
   step, _ = tangents_lib.step_pieces(step_fn, split)
-  rows = device.platform == 'cpu'  # the push Forward(push=None) lowers to
+  rows = forward_lib.default_push(device.platform) == 'rows'
 
   def plain(state, h):
     return unroll_lib.unroll(step_fn, state, h, num_steps, stop=steps)

@@ -59,6 +59,18 @@ PyTree = Any
 
 PUSHES = (None, 'batch', 'rows')
 
+# Platforms whose default push (push=None) is the row loop; every other one
+# pushes a batch. Measured: on XLA:CPU the row loop is faster and compiles in
+# a third of the time; on accelerators a batch of tangents fills the device
+# (docs/benchmarks.md). The one statement of the rule: `auto`'s probe reads
+# it too.
+ROW_PUSH_PLATFORMS = ('cpu',)
+
+
+def default_push(platform: str) -> str:
+  """The push ``forward(push=None)`` lowers to on ``platform``."""
+  return 'rows' if platform in ROW_PUSH_PLATFORMS else 'batch'
+
 
 class Direction(NamedTuple):
   """One scalar hyperparameter value: leaf, interval and trailing index."""
@@ -344,10 +356,8 @@ class Forward(estimator_lib.Estimator):
       if self.push is not None:
         out = (batch if self.push == 'batch' else rows_)(r)
       else:
-        # Measured: on XLA:CPU the row loop is faster and compiles in a
-        # third of the time; on accelerators a batch of tangents fills the
-        # device (docs/benchmarks.md).
-        out = jax.lax.platform_dependent(r, cpu=rows_, default=batch)
+        out = jax.lax.platform_dependent(
+            r, **{p: rows_ for p in ROW_PUSH_PLATFORMS}, default=batch)
       diff, rest, tangents, bad = out
       merge = lambda d: unroll_lib.merge_state(d, rest, split.treedef,
                                                split.mask)
