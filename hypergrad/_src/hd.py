@@ -36,7 +36,7 @@ used), so the state carries it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -47,31 +47,17 @@ from hypergrad._src import online
 PyTree = Any
 
 
-class HDState(NamedTuple):
-  """State of :func:`hypergradient_descent`.
-
-  Attributes:
-    inner: the inner state.
-    hparams: current values (leaves without the interval axis); after
-      ``update(state, t)``, the values step ``t`` used.
-    hypergrad: the one-step hypergradient computed during the last step, to
-      be applied by the next ``update``; zeros after ``init``.
-  """
-  inner: PyTree
-  hparams: PyTree
-  hypergrad: PyTree
-  meta_state: Any = ()
-
-
 def _init(meta_opt, step_fn, loss_fn, step_loss_fn, inner_state, hparams):
   del step_loss_fn
   values = online.initial_values(hparams, 'hypergradient_descent')
   online.check_unroll(step_fn, loss_fn, inner_state, hparams)
-  return HDState(inner_state, values, jax.tree.map(jnp.zeros_like, values),
-                 online.meta_init(meta_opt, values))
+  return online.OnlineState(inner_state, values,
+                            jax.tree.map(jnp.zeros_like, values),
+                            online.meta_init(meta_opt, values))
 
 
-def _update(meta_opt, step_fn, loss_fn, step_loss_fn, state: HDState, t):
+def _update(meta_opt, step_fn, loss_fn, step_loss_fn,
+            state: online.OnlineState, t):
   t = jnp.asarray(t, jnp.int32)
   # A zero hypergradient (after init) leaves the values unchanged under the
   # built-in rules, so no branch is needed for the first step.
@@ -88,7 +74,7 @@ def _update(meta_opt, step_fn, loss_fn, step_loss_fn, state: HDState, t):
   # of h is differentiated.
   grads, new_inner = jax.grad(one_step_loss, has_aux=True)(values)
   grads = jax.tree.map(lambda g, h: g.astype(h.dtype), grads, values)
-  return HDState(new_inner, values, grads, meta_state)
+  return online.OnlineState(new_inner, values, grads, meta_state)
 
 
 def hypergradient_descent(step_fn: Callable, loss_fn: Callable, *,
@@ -126,7 +112,7 @@ def hypergradient_descent(step_fn: Callable, loss_fn: Callable, *,
       ``meta_update`` and ``bounds``.
 
   Returns:
-    An :class:`OnlineMethod` with state :class:`HDState`.
+    An :class:`OnlineMethod` with state :class:`OnlineState`.
 
   Raises:
     ValueError: a non-positive or non-finite ``meta_lr``, an unknown

@@ -34,9 +34,10 @@ Conventions:
 * ``update(state, t)`` first makes the hyperparameter update due at step
   ``t`` (if any), then runs inner step ``t`` with the resulting values. So
   after ``update(state, t)``, ``state.hparams`` is the value step ``t`` used.
-* Every state is a NamedTuple with at least ``inner`` (the inner state),
-  ``hparams`` and ``hypergrad`` (the latest hypergradient, same structure as
-  ``hparams``); the rest is method-specific.
+* Every method's state is an :class:`OnlineState`: ``inner`` (the inner
+  state), ``hparams``, ``hypergrad`` (the latest hypergradient, same
+  structure as ``hparams``), ``meta_state`` and, for RTHO only,
+  ``tangents``.
 * ``run_online``'s ``schedule`` has leaves ``(num_steps, ...)``: a schedule
   with ``n = num_steps`` intervals, so ``hypergrad.unroll(step_fn,
   inner_state, schedule, num_steps)`` replays the run and ``forward_hypergrad``
@@ -99,6 +100,32 @@ class OnlineMethod(NamedTuple):
   update: Callable[[Any, jax.Array], Any]
   every: int = 1
   every_arg: str = 'every'
+
+
+class OnlineState(NamedTuple):
+  """The state of every greedy method.
+
+  Attributes:
+    inner: the inner state.
+    hparams: current values (leaves without the interval axis); after
+      ``update(state, t)``, the values step ``t`` used.
+    hypergrad: the latest hypergradient, like ``hparams``; zeros after
+      ``init``. Hypergradient descent: the one-step hypergradient computed
+      during the last step, applied by the next ``update``. RTHO: the one of
+      the latest hyperparameter update. Truncated greedy: the look-ahead
+      hypergradient of the latest meta step (the last one when
+      ``meta_steps > 1``).
+    meta_state: the meta optimiser's state.
+    tangents: RTHO only (``()`` otherwise): ``d inner / d hparams`` for every
+      floating inner leaf (in ``jax.tree.leaves`` order), each of shape
+      ``(K, *leaf.shape)`` with ``K`` the total number of scalar
+      hyperparameter values.
+  """
+  inner: PyTree
+  hparams: PyTree
+  hypergrad: PyTree
+  meta_state: Any
+  tangents: Any = ()
 
 
 class Static(NamedTuple):

@@ -27,7 +27,7 @@ tangents, whatever the horizon.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -42,36 +42,18 @@ from hypergrad._src import validation
 PyTree = Any
 
 
-class RTHOState(NamedTuple):
-  """State of :func:`rtho`.
-
-  Attributes:
-    inner: the inner state.
-    hparams: current values (leaves without the interval axis); after
-      ``update(state, t)``, the values step ``t`` used.
-    hypergrad: the hypergradient of the latest hyperparameter update; zeros
-      before the first.
-    tangents: ``d inner / d hparams`` for every floating inner leaf (in
-      ``jax.tree.leaves`` order), each of shape ``(K, *leaf.shape)`` with
-      ``K`` the total number of scalar hyperparameter values.
-  """
-  inner: PyTree
-  hparams: PyTree
-  hypergrad: PyTree
-  tangents: list
-  meta_state: Any = ()
-
-
 def _init(meta_opt, step_fn, loss_fn, inner_state, hparams):
   values = online.initial_values(hparams, 'rtho')
   online.check_unroll(step_fn, loss_fn, inner_state, hparams)
   k = sum(int(np.size(h)) for h in jax.tree.leaves(values))
   tangents = tangents_lib.zeros(k, unroll_lib.split_state(inner_state).diff)
-  return RTHOState(inner_state, values, jax.tree.map(jnp.zeros_like, values),
-                   tangents, online.meta_init(meta_opt, values))
+  return online.OnlineState(inner_state, values,
+                            jax.tree.map(jnp.zeros_like, values),
+                            online.meta_init(meta_opt, values), tangents)
 
 
-def _update(every, reset, meta_opt, step_fn, loss_fn, state: RTHOState, t):
+def _update(every, reset, meta_opt, step_fn, loss_fn,
+            state: online.OnlineState, t):
   t = jnp.asarray(t, jnp.int32)
   split = unroll_lib.split_state(state.inner)
   step, merge = tangents_lib.step_pieces(step_fn, split)
@@ -94,8 +76,8 @@ def _update(every, reset, meta_opt, step_fn, loss_fn, state: RTHOState, t):
   new_diff, new_rest, tangents = tangents_lib.push_batch(
       step, split.diff, split.rest, values, t, tangents,
       tangents_lib.basis(values))
-  return RTHOState(merge(new_diff, new_rest), values, hypergrad, tangents,
-                   meta_state)
+  return online.OnlineState(merge(new_diff, new_rest), values, hypergrad,
+                            meta_state, tangents)
 
 
 def rtho(step_fn: Callable, loss_fn: Callable, *, every: int = 10,
@@ -127,7 +109,8 @@ def rtho(step_fn: Callable, loss_fn: Callable, *, every: int = 10,
       :func:`hypergrad.meta_optimizer` builds from the three above.
 
   Returns:
-    An :class:`OnlineMethod` with state :class:`RTHOState`.
+    An :class:`OnlineMethod` with state :class:`OnlineState`
+    (``tangents`` filled).
 
   Raises:
     ValueError: ``every < 1``, a non-positive ``meta_lr``, an unknown

@@ -27,7 +27,7 @@ last look-ahead still spans ``k`` steps, past the end of the run: it models
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -39,22 +39,6 @@ from hypergrad._src import online
 from hypergrad._src import validation
 
 PyTree = Any
-
-
-class TruncatedState(NamedTuple):
-  """State of :func:`truncated_greedy`.
-
-  Attributes:
-    inner: the inner state.
-    hparams: current values (leaves without the interval axis); after
-      ``update(state, t)``, the values step ``t`` used.
-    hypergrad: the look-ahead hypergradient of the latest meta step (the
-      last one when ``meta_steps > 1``); zeros before the first.
-  """
-  inner: PyTree
-  hparams: PyTree
-  hypergrad: PyTree
-  meta_state: Any = ()
 
 
 def _offset_step(step_fn, state, h, t):
@@ -69,13 +53,13 @@ def _offset_loss(loss_fn, state):
 def _init(meta_opt, step_fn, loss_fn, inner_state, hparams):
   values = online.initial_values(hparams, 'truncated_greedy')
   online.check_unroll(step_fn, loss_fn, inner_state, hparams)
-  return TruncatedState(inner_state, values,
-                        jax.tree.map(jnp.zeros_like, values),
-                        online.meta_init(meta_opt, values))
+  return online.OnlineState(inner_state, values,
+                            jax.tree.map(jnp.zeros_like, values),
+                            online.meta_init(meta_opt, values))
 
 
 def _update(window, estimator, meta_steps, meta_opt, step_fn, loss_fn,
-            state: TruncatedState, t):
+            state: online.OnlineState, t):
   t = jnp.asarray(t, jnp.int32)
   # Partials of module-level functions: the same static identity on every
   # trace, so the look-ahead estimator's compilation cache is reused.
@@ -100,8 +84,8 @@ def _update(window, estimator, meta_steps, meta_opt, step_fn, loss_fn,
   values, hypergrad, meta_state = jax.lax.cond(
       t % window == 0, look_ahead, lambda operand: operand,
       (state.hparams, state.hypergrad, state.meta_state))
-  return TruncatedState(step_fn(state.inner, values, t), values, hypergrad,
-                        meta_state)
+  return online.OnlineState(step_fn(state.inner, values, t), values,
+                            hypergrad, meta_state)
 
 
 def truncated_greedy(step_fn: Callable, loss_fn: Callable, *, window: int,
@@ -138,7 +122,7 @@ def truncated_greedy(step_fn: Callable, loss_fn: Callable, *, window: int,
       :func:`hypergrad.meta_optimizer` builds from the three above.
 
   Returns:
-    An :class:`OnlineMethod` with state :class:`TruncatedState`.
+    An :class:`OnlineMethod` with state :class:`OnlineState`.
 
   Raises:
     ValueError: ``window < 1``, ``meta_steps < 1``, an unknown
