@@ -11,7 +11,8 @@ the FDS paper (Micaelli & Storkey 2021); the ``step_fn`` / ``loss_fn`` /
 
 The interface, shared by every method::
 
-    method = hypergrad.rtho(step_fn, loss_fn, every=10, meta_lr=1e-3)
+    method = hypergrad.rtho(step_fn, loss_fn, every=10,
+                            meta_opt=hypergrad.meta_optimizer(1e-3))
     state = method.init(inner_state, hparams)     # hparams leaves (1, ...)
     update = jax.jit(method.update)
     for t in range(num_steps):
@@ -43,22 +44,27 @@ Conventions:
   inner_state, schedule, num_steps)`` replays the run and ``forward_hypergrad``
   can differentiate it.
 
-Meta updates: every method takes ``meta_opt``, any optax
+Meta updates: every method takes one ``meta_opt``, an optax
 ``GradientTransformation`` applied to the hypergradient (its state rides in
-the method's state as ``meta_state``), or builds one from ``meta_lr``,
-``meta_update`` and ``bounds`` with :func:`hypergrad.meta_optimizer` (sgd,
-sign or normalised steps with one rate or one per hyperparameter name, then a
-projection onto the valid ranges): the same transformations as the FDS outer
-optimiser. Their rates are pytree leaves, so a sweep over ``meta_lr``
-compiles once.
+the method's state as ``meta_state``); the default,
+``hypergrad.meta_optimizer(1e-3)``, is plain gradient steps of ``1e-3``.
+:func:`hypergrad.meta_optimizer` builds the usual ones, the same
+transformations as the FDS outer optimiser: sgd, sign or normalised steps
+with one rate or one per hyperparameter name, then a projection onto the
+valid ranges, e.g. ``hypergrad.meta_optimizer(1e-2, 'sign',
+hypergrad.SGD_BOUNDS)``. Their rates are pytree leaves, so a sweep over the
+rate compiles once (as for any transformation built with
+:func:`hypergrad.pytree_chain` from this library's parts; a closure such as
+``optax.adam(rate)`` compiles once per rate).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import numbers
 import types
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -72,11 +78,15 @@ from hypergrad._src import unroll as unroll_lib
 
 PyTree = Any
 
-# Valid ranges of the SGD hyperparameters, for ``bounds=SGD_BOUNDS`` (from the
-# registry): a greedy meta step can overshoot into a diverging value.
+# Valid ranges of the SGD hyperparameters, for
+# ``meta_optimizer(rate, rule, SGD_BOUNDS)`` (from the registry): a greedy
+# meta step can overshoot into a diverging value.
 SGD_BOUNDS = types.MappingProxyType(
     {k: (lo, None if hi == math.inf else hi)
      for k, (lo, hi) in registry.SGD.bounds.items()})
+
+# The meta step size of the default meta optimiser.
+DEFAULT_META_LR = 1e-3
 
 
 class OnlineMethod(NamedTuple):
@@ -142,14 +152,23 @@ class Static(NamedTuple):
     return self.fn(*self.args, *args)
 
 
-def meta_opt_from(meta_opt, meta_lr, meta_update: str, bounds
-                  ) -> optax.GradientTransformation:
-  """``meta_opt`` if given, else :func:`hypergrad.meta_optimizer` of the rest."""
+def check_meta_opt(meta_opt) -> optax.GradientTransformation:
+  """``meta_opt`` checked; ``None`` is ``hypergrad.meta_optimizer(1e-3)``.
+
+  Raises:
+    TypeError: ``meta_opt`` is not an optax ``GradientTransformation`` (an
+      ``init`` / ``update`` pair); at construction, before any compute.
+  """
   if meta_opt is None:
-    return outer.meta_optimizer(meta_lr, meta_update, bounds)
-  if not (hasattr(meta_opt, 'init') and hasattr(meta_opt, 'update')):
+    return outer.meta_optimizer(DEFAULT_META_LR)
+  if not (callable(getattr(meta_opt, 'init', None))
+          and callable(getattr(meta_opt, 'update', None))):
+    hint = ''
+    if isinstance(meta_opt, (numbers.Number, str, Mapping, tuple)):
+      hint = (' For meta step sizes, a rule or bounds, build one with '
+              'hypergrad.meta_optimizer(meta_lr, meta_update, bounds).')
     raise TypeError(f'meta_opt must be an optax GradientTransformation, got '
-                    f'{meta_opt!r}.')
+                    f'{meta_opt!r}.{hint}')
   return meta_opt
 
 
@@ -267,8 +286,8 @@ def run_online(method: OnlineMethod, init_state: PyTree, hparams: PyTree,
     >>> step_fn = hypergrad.sgd_momentum_step(train_loss, momentum=0.5)
     >>> loss_fn = lambda s: jnp.sum((s.params - 0.5) ** 2)   # "validation"
     >>> state = hypergrad.sgd_init(jnp.zeros(3))
-    >>> method = hypergrad.hypergradient_descent(step_fn, loss_fn,
-    ...                                          meta_lr=1e-3)
+    >>> method = hypergrad.hypergradient_descent(
+    ...     step_fn, loss_fn, meta_opt=hypergrad.meta_optimizer(1e-3))
     >>> final, sched = hypergrad.run_online(
     ...     method, state, {'lr': hypergrad.constant(0.1)}, num_steps=1000)
     >>> sched['lr'].shape

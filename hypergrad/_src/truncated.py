@@ -89,12 +89,9 @@ def _update(window, estimator, meta_steps, meta_opt, step_fn, loss_fn,
 
 
 def truncated_greedy(step_fn: Callable, loss_fn: Callable, *, window: int,
-                     meta_lr=1e-3,
+                     meta_opt: optax.GradientTransformation | None = None,
                      estimator: estimator_lib.Estimator | None = None,
-                     meta_steps: int = 1, meta_update: str = 'sgd',
-                     bounds=None,
-                     meta_opt: optax.GradientTransformation | None = None
-                     ) -> online.OnlineMethod:
+                     meta_steps: int = 1) -> online.OnlineMethod:
   r"""Truncated greedy: look ``window`` steps ahead, step the values, train.
 
   At steps ``t = 0, k, 2k, ...`` (``k = window``), before running step ``t``:
@@ -107,7 +104,12 @@ def truncated_greedy(step_fn: Callable, loss_fn: Callable, *, window: int,
       a look-ahead window.
     window: ``k``, the look-ahead horizon and the steps between updates;
       ``run_online`` refuses ``k`` longer than the run.
-    meta_lr: positive float or mapping name -> positive float.
+    meta_opt: the meta optimiser, an optax ``GradientTransformation``
+      applied to the hypergradient; default
+      ``hypergrad.meta_optimizer(1e-3)``, gradient steps of ``1e-3``.
+      ``hypergrad.meta_optimizer(meta_lr, meta_update, bounds)`` builds the
+      usual ones, e.g. ``hypergrad.meta_optimizer(1e-2, 'sign',
+      hypergrad.SGD_BOUNDS)``.
     estimator: the look-ahead's estimator value: ``hypergrad.forward()``
       (default; memory flat in ``k``, cost growing with the number of
       values) or ``hypergrad.reverse(checkpoint_every=...)`` (cost flat in
@@ -115,20 +117,14 @@ def truncated_greedy(step_fn: Callable, loss_fn: Callable, *, window: int,
       rematerialised).
     meta_steps: hyperparameter steps per window (each re-runs the look-ahead
       from the same state with the updated values).
-    meta_update: ``'sgd'``, ``'sign'`` or ``'normalized'``.
-    bounds: None, ``(lo, hi)``, or a mapping name -> ``(lo, hi)`` such as
-      ``hypergrad.SGD_BOUNDS``.
-    meta_opt: any optax ``GradientTransformation`` instead of the one
-      :func:`hypergrad.meta_optimizer` builds from the three above.
 
   Returns:
     An :class:`OnlineMethod` with state :class:`OnlineState`.
 
   Raises:
-    ValueError: ``window < 1``, ``meta_steps < 1``, an unknown
-      ``meta_update``, a non-positive ``meta_lr`` or bad ``bounds``; at
-      construction.
-    TypeError: ``estimator`` not an estimator value.
+    ValueError: ``window < 1`` or ``meta_steps < 1``; at construction.
+    TypeError: ``estimator`` not an estimator value, or ``meta_opt`` not an
+      optax transformation; at construction.
 
   Example:
     >>> import jax.numpy as jnp, hypergrad
@@ -138,9 +134,10 @@ def truncated_greedy(step_fn: Callable, loss_fn: Callable, *, window: int,
     >>> step_fn = hypergrad.sgd_momentum_step(train_loss, momentum=0.5)
     >>> loss_fn = lambda s: jnp.sum((s.params - 0.5) ** 2)   # "validation"
     >>> state = hypergrad.sgd_init(jnp.zeros(3))
-    >>> method = hypergrad.truncated_greedy(step_fn, loss_fn, window=100,
-    ...                                     meta_lr=1e-2,
-    ...                                     estimator=hypergrad.reverse())
+    >>> method = hypergrad.truncated_greedy(
+    ...     step_fn, loss_fn, window=100,
+    ...     meta_opt=hypergrad.meta_optimizer(1e-2),
+    ...     estimator=hypergrad.reverse())
     >>> final, sched = hypergrad.run_online(
     ...     method, state, {'lr': hypergrad.constant(0.05)}, 1000)
     >>> sched['lr'].shape
@@ -150,7 +147,7 @@ def truncated_greedy(step_fn: Callable, loss_fn: Callable, *, window: int,
   meta_steps = validation.check_int(meta_steps, 'meta_steps')
   estimator = estimator_lib.check_estimator(
       forward_lib.forward() if estimator is None else estimator)
-  meta_opt = online.meta_opt_from(meta_opt, meta_lr, meta_update, bounds)
+  meta_opt = online.check_meta_opt(meta_opt)
   return online.make_method(
       online.Static(_init, ()),
       online.Static(_update, (window, estimator, meta_steps)), meta_opt,
