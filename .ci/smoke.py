@@ -24,7 +24,8 @@ f_loss, f_grad = hypergrad.forward_hypergrad(step, loss, jnp.zeros(()),
 r_loss, r_grad = hypergrad.reverse_hypergrad(step, loss, jnp.zeros(()),
                                              hparams, 20, checkpoint_every=5)
 assert jnp.allclose(f_grad['lr'], r_grad['lr'], rtol=1e-4), (f_grad, r_grad)
-method = hypergrad.hypergradient_descent(step, loss, meta_lr=0.01)
+method = hypergrad.hypergradient_descent(
+    step, loss, meta_opt=hypergrad.meta_optimizer(0.01))
 _, sched = hypergrad.run_online(method, jnp.zeros(()),
                                 {'lr': hypergrad.constant(0.1)}, 20)
 assert sched['lr'].shape == (20,)

@@ -22,7 +22,6 @@ from hypergrad._src.finite_difference import finite_difference
 from hypergrad._src.forward import Forward
 from hypergrad._src.forward import forward
 from hypergrad._src.forward import forward_hypergrad
-from hypergrad._src.hd import HDState
 from hypergrad._src.hd import hypergradient_descent
 from hypergrad._src.inner import SGD_HPARAMS
 from hypergrad._src.inner import OptaxState
@@ -35,6 +34,7 @@ from hypergrad._src.losses import calibrated_cross_entropy
 from hypergrad._src.losses import optimal_temperature
 from hypergrad._src.online import SGD_BOUNDS
 from hypergrad._src.online import OnlineMethod
+from hypergrad._src.online import OnlineState
 from hypergrad._src.online import run_online
 from hypergrad._src.outer import ProjectState
 from hypergrad._src.outer import SignDescentState
@@ -59,7 +59,6 @@ from hypergrad._src.registry import InnerOptimizerSpec
 from hypergrad._src.reverse import Reverse
 from hypergrad._src.reverse import reverse
 from hypergrad._src.reverse import reverse_hypergrad
-from hypergrad._src.rtho import RTHOState
 from hypergrad._src.rtho import rtho
 from hypergrad._src.schedule import ConstantLeaf
 from hypergrad._src.schedule import constant
@@ -79,7 +78,6 @@ from hypergrad._src.transforms import logit
 from hypergrad._src.transforms import reparametrize
 from hypergrad._src.transforms import sigmoid
 from hypergrad._src.transforms import softplus
-from hypergrad._src.truncated import TruncatedState
 from hypergrad._src.truncated import truncated_greedy
 from hypergrad._src.unroll import Progress
 from hypergrad._src.unroll import UnrollInfo
@@ -94,12 +92,12 @@ __all__ = (
     'DivergenceError',
     'Estimator',
     'Forward',
-    'HDState',
     'HParamSpec',
     'HypergradResult',
     'InnerOptimizerSpec',
     'OPTIMIZERS',
     'OnlineMethod',
+    'OnlineState',
     'OptaxState',
     'OuterState',
     'Population',
@@ -108,13 +106,11 @@ __all__ = (
     'ProbeTimes',
     'Progress',
     'ProjectState',
-    'RTHOState',
     'Reverse',
     'SGDState',
     'SGD_BOUNDS',
     'SGD_HPARAMS',
     'SignDescentState',
-    'TruncatedState',
     'UnrollInfo',
     '__version__',
     'aggregate_hypergrads',

@@ -32,12 +32,15 @@ class QuadraticTest(parameterized.TestCase):
   """``lr * curvature = 1`` is optimal: greedy methods must head there."""
 
   @parameterized.named_parameters(
-      ('hd', lambda s, l: hypergrad.hypergradient_descent(s, l, meta_lr=1e-3)),
-      ('rtho_kept', lambda s, l: hypergrad.rtho(s, l, every=3, meta_lr=3e-4)),
-      ('rtho_reset', lambda s, l: hypergrad.rtho(s, l, every=3, meta_lr=3e-4,
-                                                 reset_tangents=True)),
+      ('hd', lambda s, l: hypergrad.hypergradient_descent(
+          s, l, meta_opt=hypergrad.meta_optimizer(1e-3))),
+      ('rtho_kept', lambda s, l: hypergrad.rtho(
+          s, l, every=3, meta_opt=hypergrad.meta_optimizer(3e-4))),
+      ('rtho_reset', lambda s, l: hypergrad.rtho(
+          s, l, every=3, meta_opt=hypergrad.meta_optimizer(3e-4),
+          reset_tangents=True)),
       ('truncated', lambda s, l: hypergrad.truncated_greedy(
-          s, l, window=3, meta_lr=3e-4)),
+          s, l, window=3, meta_opt=hypergrad.meta_optimizer(3e-4))),
   )
   def test_moves_learning_rate_towards_optimum(self, make):
     step_fn, loss_fn, state, best = helpers.quadratic_problem()
@@ -58,7 +61,7 @@ class HypergradientDescentTest(parameterized.TestCase):
     step_fn = hypergrad.sgd_momentum_step(_TRAIN_LOSS, momentum=mu,
                                           weight_decay=wd)
     method = hypergrad.hypergradient_descent(
-        step_fn, _LOSS, meta_lr=beta,
+        step_fn, _LOSS, meta_opt=hypergrad.meta_optimizer(beta),
         step_loss_fn=lambda s, t: _TRAIN_LOSS(s.params, t))
     _, sched = hypergrad.run_online(method, _STATE,
                                     {'lr': hypergrad.constant(lr0)},
@@ -75,7 +78,8 @@ class HypergradientDescentTest(parameterized.TestCase):
     np.testing.assert_allclose(sched['lr'], np.array(expected), rtol=1e-12)
 
   def test_validation_loss_by_default(self):
-    method = hypergrad.hypergradient_descent(_STEP, _LOSS, meta_lr=0.1)
+    method = hypergrad.hypergradient_descent(
+        _STEP, _LOSS, meta_opt=hypergrad.meta_optimizer(0.1))
     values = jax.tree.map(lambda h: h[0], _H0)
     update = jax.jit(method.update)
     state = update(method.init(_STATE, _H0), 0)
@@ -98,7 +102,8 @@ class RTHOTest(parameterized.TestCase):
     # hypergradient with respect to the schedule (h_0, h_1), summed over both
     # windows (kept tangents) or for the last one only (reset).
     eta = 0.05
-    method = hypergrad.rtho(_STEP, _LOSS, every=3, meta_lr=eta,
+    method = hypergrad.rtho(_STEP, _LOSS, every=3,
+                            meta_opt=hypergrad.meta_optimizer(eta),
                             reset_tangents=reset)
     update = jax.jit(method.update)
     state = method.init(_STATE, _H0)
@@ -129,7 +134,8 @@ class TruncatedGreedyTest(parameterized.TestCase):
   def test_whole_horizon_window_is_one_non_greedy_step(self, estimator):
     eta, num_steps = 0.1, 8
     method = hypergrad.truncated_greedy(
-        _STEP, _LOSS, window=num_steps, meta_lr=eta, estimator=estimator)
+        _STEP, _LOSS, window=num_steps,
+        meta_opt=hypergrad.meta_optimizer(eta), estimator=estimator)
     final, sched = hypergrad.run_online(method, _STATE, _H0, num_steps)
     _, g = hypergrad.forward_hypergrad(_STEP, _LOSS, _STATE, _H0, num_steps)
     stepped = jax.tree.map(lambda h, g_: h - eta * g_, _H0, g)
@@ -144,7 +150,8 @@ class TruncatedGreedyTest(parameterized.TestCase):
     # Window 4 over 10 steps: look-aheads from steps 0, 4 and 8 (the last one
     # runs past the end of the run), each seeing the right step indices.
     eta, k, num_steps = 0.1, 4, 10
-    method = hypergrad.truncated_greedy(_STEP, _LOSS, window=k, meta_lr=eta)
+    method = hypergrad.truncated_greedy(
+        _STEP, _LOSS, window=k, meta_opt=hypergrad.meta_optimizer(eta))
     _, sched = hypergrad.run_online(method, _STATE, _H0, num_steps)
 
     @jax.jit
@@ -169,21 +176,24 @@ class TruncatedGreedyTest(parameterized.TestCase):
 class InterfaceTest(parameterized.TestCase):
 
   @parameterized.named_parameters(
-      ('hd', lambda: hypergrad.hypergradient_descent(_STEP, _LOSS,
-                                                     meta_lr=0.1),
-       hypergrad.HDState, True),
-      ('rtho', lambda: hypergrad.rtho(_STEP, _LOSS, every=2, meta_lr=0.1),
-       hypergrad.RTHOState, True),
+      ('hd', lambda: hypergrad.hypergradient_descent(
+          _STEP, _LOSS, meta_opt=hypergrad.meta_optimizer(0.1)),
+       True, False),
+      ('rtho', lambda: hypergrad.rtho(
+          _STEP, _LOSS, every=2, meta_opt=hypergrad.meta_optimizer(0.1)),
+       True, True),
       ('truncated', lambda: hypergrad.truncated_greedy(
-          _STEP, _LOSS, window=3, meta_lr=0.1,
+          _STEP, _LOSS, window=3, meta_opt=hypergrad.meta_optimizer(0.1),
           estimator=hypergrad.reverse()),
-       hypergrad.TruncatedState, False),
+       False, False),
   )
-  def test_schedule_replays_the_run(self, make, state_type, starts_at_h0):
+  def test_schedule_replays_the_run(self, make, starts_at_h0, has_tangents):
     method = make()
     assert isinstance(method, hypergrad.OnlineMethod)
     state = method.init(_STATE, _H0)
-    assert isinstance(state, state_type)
+    # One state type for every method; only RTHO fills the tangents.
+    assert type(state) is hypergrad.OnlineState
+    self.assertEqual(bool(jax.tree.leaves(state.tangents)), has_tangents)
     chex.assert_trees_all_equal_shapes_and_dtypes(
         state.hparams, jax.tree.map(lambda h: h[0], _H0))
     num_steps = 9
@@ -202,15 +212,16 @@ class InterfaceTest(parameterized.TestCase):
     # chex keys trace counts on the call stack and the source: start afresh.
     chex.clear_trace_counter()
     counted_loss = chex.assert_max_traces(_LOSS, n=2)  # init check + update
-    method = hypergrad.hypergradient_descent(_STEP, counted_loss,
-                                             meta_lr=0.1)
+    method = hypergrad.hypergradient_descent(
+        _STEP, counted_loss, meta_opt=hypergrad.meta_optimizer(0.1))
     for lr in (0.05, 0.07):
       hypergrad.run_online(method, _STATE, {'lr': hypergrad.constant(lr)}, 5)
 
   @parameterized.parameters('hd', 'rtho', 'truncated')
   def test_new_meta_step_sizes_do_not_retrace(self, name):
     # Tuning a greedy method sweeps its meta step size: one compilation per
-    # structure of meta_lr (one float, or one per named hyperparameter).
+    # structure of the rates of hypergrad.meta_optimizer (one float, or one
+    # per named hyperparameter), since they are pytree leaves of meta_opt.
     traces = []
 
     def step(w, h, t):
@@ -218,12 +229,14 @@ class InterfaceTest(parameterized.TestCase):
       return _STEP(w, h, t)
 
     def run(meta_lr):
+      meta_opt = hypergrad.meta_optimizer(meta_lr)
       if name == 'hd':
-        method = hypergrad.hypergradient_descent(step, _LOSS, meta_lr=meta_lr)
+        method = hypergrad.hypergradient_descent(step, _LOSS,
+                                                 meta_opt=meta_opt)
       elif name == 'rtho':
-        method = hypergrad.rtho(step, _LOSS, meta_lr=meta_lr, every=2)
+        method = hypergrad.rtho(step, _LOSS, meta_opt=meta_opt, every=2)
       else:
-        method = hypergrad.truncated_greedy(step, _LOSS, meta_lr=meta_lr,
+        method = hypergrad.truncated_greedy(step, _LOSS, meta_opt=meta_opt,
                                             window=2)
       final, _ = hypergrad.run_online(method, _STATE, _H0, 6)
       return np.asarray(jax.tree.leaves(final)[0]).copy()
@@ -258,7 +271,8 @@ class InterfaceTest(parameterized.TestCase):
       x = jnp.asarray(rng.randn(8, 3))
       method = hypergrad.truncated_greedy(
           jax.tree_util.Partial(step, x), jax.tree_util.Partial(loss, x),
-          window=2, meta_lr={'lr': 0.1}, bounds={'lr': (0.0, 1.0)})
+          window=2, meta_opt=hypergrad.meta_optimizer(
+              {'lr': 0.1}, bounds={'lr': (0.0, 1.0)}))
       final, _ = hypergrad.run_online(method, jnp.zeros(3),
                                       {'lr': hypergrad.constant(0.1)}, 4)
       counts.append(len(traces))
@@ -275,9 +289,11 @@ class InterfaceTest(parameterized.TestCase):
     state = hypergrad.optax_init(opt, _STATE.params)
     h0 = {'learning_rate': hypergrad.constant(0.02)}
     with jax.numpy_dtype_promotion('standard'):
-      for method in (hypergrad.rtho(step_fn, _LOSS, every=2, meta_lr=1e-3),
+      meta_opt = hypergrad.meta_optimizer(1e-3)
+      for method in (hypergrad.rtho(step_fn, _LOSS, every=2,
+                                    meta_opt=meta_opt),
                      hypergrad.truncated_greedy(step_fn, _LOSS, window=3,
-                                                meta_lr=1e-3,
+                                                meta_opt=meta_opt,
                                                 estimator=hypergrad.reverse(2)
                                                 )):
         final, sched = hypergrad.run_online(method, state, h0, 6)
@@ -314,6 +330,20 @@ class MetaStepTest(parameterized.TestCase):
     chex.assert_trees_all_equal(zero, h)
     chex.assert_trees_all_equal_dtypes(clipped, h)
 
+  @parameterized.parameters('hd', 'rtho', 'truncated')
+  def test_default_is_sgd_at_1e_3(self, name):
+    factory, kw = {'hd': (hypergrad.hypergradient_descent, {}),
+                   'rtho': (hypergrad.rtho, {'every': 2}),
+                   'truncated': (hypergrad.truncated_greedy, {'window': 2})
+                   }[name]
+    _, default = hypergrad.run_online(factory(_STEP, _LOSS, **kw), _STATE,
+                                      _H0, 5)
+    _, explicit = hypergrad.run_online(
+        factory(_STEP, _LOSS, meta_opt=hypergrad.meta_optimizer(1e-3), **kw),
+        _STATE, _H0, 5)
+    chex.assert_trees_all_equal(default, explicit)
+    self.assertGreater(float(jnp.ptp(default['lr'])), 0.0)
+
   def test_any_optax_meta_optimizer(self):
     # A user's own meta optimiser: Adam on HD's one-step hypergradient.
     with jax.numpy_dtype_promotion('standard'):
@@ -328,20 +358,32 @@ class BadInputTest(parameterized.TestCase):
 
   @parameterized.parameters(-1e-3, 0.0, float('nan'), float('inf'), True)
   def test_bad_meta_lr(self, rate):
-    for factory, kw in ((hypergrad.hypergradient_descent, {}),
-                        (hypergrad.rtho, {}),
-                        (hypergrad.truncated_greedy, {'window': 2})):
-      with pytest.raises(ValueError, match=f'meta_lr={rate!r}'):
-        factory(_no_trace, _no_trace, meta_lr=rate, **kw)
+    # Refused when the meta optimiser is built, before any method exists.
+    with pytest.raises(ValueError, match=f'meta_lr={rate!r}'):
+      hypergrad.meta_optimizer(rate)
 
   def test_bad_meta_lr_by_name(self):
     with pytest.raises(ValueError, match=r"meta_lr\['momentum'\]=-0.5"):
-      hypergrad.rtho(_no_trace, _no_trace,
-                     meta_lr={'lr': 1e-3, 'momentum': -0.5})
+      hypergrad.meta_optimizer({'lr': 1e-3, 'momentum': -0.5})
+
+  @parameterized.parameters((1e-3,), ('sign',), ({'lr': 1e-3},),
+                            ((0.0, 1.0),))
+  def test_meta_opt_must_be_a_transformation(self, bad):
+    # The old meta_lr / meta_update / bounds values passed as meta_opt.
+    for factory, kw in ((hypergrad.hypergradient_descent, {}),
+                        (hypergrad.rtho, {}),
+                        (hypergrad.truncated_greedy, {'window': 2})):
+      with pytest.raises(TypeError, match=r'meta_opt must be an optax.*'
+                         r'hypergrad\.meta_optimizer\('):
+        factory(_no_trace, _no_trace, meta_opt=bad, **kw)
+
+  def test_meta_opt_factory_not_called(self):
+    with pytest.raises(TypeError, match='meta_opt must be an optax.*adam'):
+      hypergrad.rtho(_no_trace, _no_trace, meta_opt=optax.adam)
 
   def test_meta_lr_names_must_match_hparams(self):
-    method = hypergrad.hypergradient_descent(_STEP, _LOSS,
-                                             meta_lr={'lr': 1e-3})
+    method = hypergrad.hypergradient_descent(
+        _STEP, _LOSS, meta_opt=hypergrad.meta_optimizer({'lr': 1e-3}))
     with pytest.raises(ValueError, match=r"missing \['momentum'\]"):
       method.init(_STATE, _H0)
 
@@ -357,13 +399,25 @@ class BadInputTest(parameterized.TestCase):
       (hypergrad.rtho, {'every': -2}, 'every=-2'),
       (hypergrad.truncated_greedy, {'window': 2, 'meta_steps': 0},
        'meta_steps=0'),
-      (hypergrad.hypergradient_descent, {'meta_update': 'adam'},
-       "meta_update='adam'"),
-      (hypergrad.rtho, {'bounds': {'lr': (1.0, 0.0)}}, r"bounds\['lr'\]"),
   )
   def test_bad_arguments_at_construction(self, factory, kw, message):
     with pytest.raises(ValueError, match=message):
       factory(_no_trace, _no_trace, **kw)
+
+  @parameterized.parameters(
+      ({'meta_update': 'adam'}, "meta_update='adam'"),
+      ({'bounds': {'lr': (1.0, 0.0)}}, r"bounds\['lr'\]"),
+  )
+  def test_bad_meta_optimizer_at_construction(self, kw, message):
+    with pytest.raises(ValueError, match=message):
+      hypergrad.meta_optimizer(1e-3, **kw)
+
+  def test_old_meta_arguments_are_gone(self):
+    # One meta optimiser argument: meta_lr, meta_update and bounds go
+    # through hypergrad.meta_optimizer.
+    for old in ('meta_lr', 'meta_update', 'bounds'):
+      with pytest.raises(TypeError, match=old):
+        hypergrad.rtho(_no_trace, _no_trace, **{old: None})
 
   def test_estimator_must_be_a_value_not_a_string(self):
     with pytest.raises(TypeError, match="estimator value.*'reverse'"):

@@ -132,8 +132,10 @@ def greedy_method(name: str, step_fn, loss_fn, horizon: int, scale: float):
   # step ratio (lr 0.1 : momentum 0.1 : wd 3e-4).
   meta_lr = {k: scale * r / updates for k, r in
              (('lr', 1.0), ('momentum', 1.0), ('weight_decay', 3e-3))}
-  return factory(step_fn, loss_fn, meta_lr=meta_lr, meta_update='sign',
-                 bounds=hypergrad.SGD_BOUNDS, **kw)
+  return factory(step_fn, loss_fn,
+                 meta_opt=hypergrad.meta_optimizer(meta_lr, 'sign',
+                                                   hypergrad.SGD_BOUNDS),
+                 **kw)
 
 
 def default_constants(task) -> dict:

@@ -36,7 +36,7 @@ used), so the state carries it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -47,31 +47,17 @@ from hypergrad._src import online
 PyTree = Any
 
 
-class HDState(NamedTuple):
-  """State of :func:`hypergradient_descent`.
-
-  Attributes:
-    inner: the inner state.
-    hparams: current values (leaves without the interval axis); after
-      ``update(state, t)``, the values step ``t`` used.
-    hypergrad: the one-step hypergradient computed during the last step, to
-      be applied by the next ``update``; zeros after ``init``.
-  """
-  inner: PyTree
-  hparams: PyTree
-  hypergrad: PyTree
-  meta_state: Any = ()
-
-
 def _init(meta_opt, step_fn, loss_fn, step_loss_fn, inner_state, hparams):
   del step_loss_fn
   values = online.initial_values(hparams, 'hypergradient_descent')
   online.check_unroll(step_fn, loss_fn, inner_state, hparams)
-  return HDState(inner_state, values, jax.tree.map(jnp.zeros_like, values),
-                 online.meta_init(meta_opt, values))
+  return online.OnlineState(inner_state, values,
+                            jax.tree.map(jnp.zeros_like, values),
+                            online.meta_init(meta_opt, values))
 
 
-def _update(meta_opt, step_fn, loss_fn, step_loss_fn, state: HDState, t):
+def _update(meta_opt, step_fn, loss_fn, step_loss_fn,
+            state: online.OnlineState, t):
   t = jnp.asarray(t, jnp.int32)
   # A zero hypergradient (after init) leaves the values unchanged under the
   # built-in rules, so no branch is needed for the first step.
@@ -88,13 +74,12 @@ def _update(meta_opt, step_fn, loss_fn, step_loss_fn, state: HDState, t):
   # of h is differentiated.
   grads, new_inner = jax.grad(one_step_loss, has_aux=True)(values)
   grads = jax.tree.map(lambda g, h: g.astype(h.dtype), grads, values)
-  return HDState(new_inner, values, grads, meta_state)
+  return online.OnlineState(new_inner, values, grads, meta_state)
 
 
 def hypergradient_descent(step_fn: Callable, loss_fn: Callable, *,
-                          meta_lr=1e-3, step_loss_fn: Callable | None = None,
-                          meta_update: str = 'sgd', bounds=None,
-                          meta_opt: optax.GradientTransformation | None = None
+                          meta_opt: optax.GradientTransformation | None = None,
+                          step_loss_fn: Callable | None = None
                           ) -> online.OnlineMethod:
   r"""Hypergradient descent: every step, a one-step hypergradient update.
 
@@ -108,29 +93,25 @@ def hypergradient_descent(step_fn: Callable, loss_fn: Callable, *,
       ``forward_hypergrad``.
     loss_fn: ``loss_fn(state) -> scalar``, the validation loss; the one-step
       loss unless ``step_loss_fn`` is given.
-    meta_lr: ``beta``, a positive float or a mapping name -> positive float.
-      Baydin et al. use ``1e-3`` for SGD; it multiplies a dot product of
-      gradients, so its right size goes like ``1 / ||g||^2`` (or use
-      ``meta_update='sign'``, which is scale free).
+    meta_opt: the meta optimiser, an optax ``GradientTransformation``
+      applied to the hypergradient; default
+      ``hypergrad.meta_optimizer(1e-3)``: gradient steps with Baydin et
+      al.'s ``beta = 1e-3`` for SGD. ``beta`` multiplies a dot product of
+      gradients, so its right size goes like ``1 / ||g||^2``;
+      ``hypergrad.meta_optimizer(beta, 'sign', hypergrad.SGD_BOUNDS)`` is
+      scale free and keeps the values in their valid ranges. The first
+      meta step (of a zero hypergradient) comes before step 0, so a
+      projection in ``meta_opt`` clips initial values outside their bounds
+      from step 0 on.
     step_loss_fn: optional ``step_loss_fn(state, t) -> scalar``, the training
       loss of the minibatch of step ``t`` at ``state``. If given, HD uses
       the next minibatch's training loss (Baydin's rule).
-    meta_update: ``'sgd'``, ``'sign'`` or ``'normalized'`` (see
-      :mod:`hypergrad._src.online`).
-    bounds: None, ``(lo, hi)`` for all values, or a mapping name ->
-      ``(lo, hi)`` (e.g. ``hypergrad.SGD_BOUNDS``); ``None`` in a pair means
-      unbounded. Values are clipped after every meta step (initial values
-      outside the bounds from step 0 on).
-    meta_opt: any optax ``GradientTransformation`` to use instead of the
-      one :func:`hypergrad.meta_optimizer` builds from ``meta_lr``,
-      ``meta_update`` and ``bounds``.
 
   Returns:
-    An :class:`OnlineMethod` with state :class:`HDState`.
+    An :class:`OnlineMethod` with state :class:`OnlineState`.
 
   Raises:
-    ValueError: a non-positive or non-finite ``meta_lr``, an unknown
-      ``meta_update`` or malformed ``bounds``; at construction.
+    TypeError: ``meta_opt`` is not an optax transformation; at construction.
 
   Example:
     >>> import jax.numpy as jnp, hypergrad
@@ -141,14 +122,14 @@ def hypergradient_descent(step_fn: Callable, loss_fn: Callable, *,
     >>> loss_fn = lambda s: jnp.sum((s.params - 0.5) ** 2)   # "validation"
     >>> state = hypergrad.sgd_init(jnp.zeros(3))
     >>> method = hypergrad.hypergradient_descent(
-    ...     step_fn, loss_fn, meta_lr=1e-3,
+    ...     step_fn, loss_fn, meta_opt=hypergrad.meta_optimizer(1e-3),
     ...     step_loss_fn=lambda s, t: train_loss(s.params, t))
     >>> final, sched = hypergrad.run_online(
     ...     method, state, {'lr': hypergrad.constant(0.01)}, 100)
     >>> sched['lr'].shape   # the learning rate each step used
     (100,)
   """
-  meta_opt = online.meta_opt_from(meta_opt, meta_lr, meta_update, bounds)
+  meta_opt = online.check_meta_opt(meta_opt)
   return online.make_method(online.Static(_init, ()),
                             online.Static(_update, ()), meta_opt,
                             (step_fn, loss_fn, step_loss_fn))

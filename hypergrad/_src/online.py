@@ -11,7 +11,8 @@ the FDS paper (Micaelli & Storkey 2021); the ``step_fn`` / ``loss_fn`` /
 
 The interface, shared by every method::
 
-    method = hypergrad.rtho(step_fn, loss_fn, every=10, meta_lr=1e-3)
+    method = hypergrad.rtho(step_fn, loss_fn, every=10,
+                            meta_opt=hypergrad.meta_optimizer(1e-3))
     state = method.init(inner_state, hparams)     # hparams leaves (1, ...)
     update = jax.jit(method.update)
     for t in range(num_steps):
@@ -34,30 +35,36 @@ Conventions:
 * ``update(state, t)`` first makes the hyperparameter update due at step
   ``t`` (if any), then runs inner step ``t`` with the resulting values. So
   after ``update(state, t)``, ``state.hparams`` is the value step ``t`` used.
-* Every state is a NamedTuple with at least ``inner`` (the inner state),
-  ``hparams`` and ``hypergrad`` (the latest hypergradient, same structure as
-  ``hparams``); the rest is method-specific.
+* Every method's state is an :class:`OnlineState`: ``inner`` (the inner
+  state), ``hparams``, ``hypergrad`` (the latest hypergradient, same
+  structure as ``hparams``), ``meta_state`` and, for RTHO only,
+  ``tangents``.
 * ``run_online``'s ``schedule`` has leaves ``(num_steps, ...)``: a schedule
   with ``n = num_steps`` intervals, so ``hypergrad.unroll(step_fn,
   inner_state, schedule, num_steps)`` replays the run and ``forward_hypergrad``
   can differentiate it.
 
-Meta updates: every method takes ``meta_opt``, any optax
+Meta updates: every method takes one ``meta_opt``, an optax
 ``GradientTransformation`` applied to the hypergradient (its state rides in
-the method's state as ``meta_state``), or builds one from ``meta_lr``,
-``meta_update`` and ``bounds`` with :func:`hypergrad.meta_optimizer` (sgd,
-sign or normalised steps with one rate or one per hyperparameter name, then a
-projection onto the valid ranges): the same transformations as the FDS outer
-optimiser. Their rates are pytree leaves, so a sweep over ``meta_lr``
-compiles once.
+the method's state as ``meta_state``); the default,
+``hypergrad.meta_optimizer(1e-3)``, is plain gradient steps of ``1e-3``.
+:func:`hypergrad.meta_optimizer` builds the usual ones, the same
+transformations as the FDS outer optimiser: sgd, sign or normalised steps
+with one rate or one per hyperparameter name, then a projection onto the
+valid ranges, e.g. ``hypergrad.meta_optimizer(1e-2, 'sign',
+hypergrad.SGD_BOUNDS)``. Their rates are pytree leaves, so a sweep over the
+rate compiles once (as for any transformation built with
+:func:`hypergrad.pytree_chain` from this library's parts; a closure such as
+``optax.adam(rate)`` compiles once per rate).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import numbers
 import types
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -71,11 +78,15 @@ from hypergrad._src import unroll as unroll_lib
 
 PyTree = Any
 
-# Valid ranges of the SGD hyperparameters, for ``bounds=SGD_BOUNDS`` (from the
-# registry): a greedy meta step can overshoot into a diverging value.
+# Valid ranges of the SGD hyperparameters, for
+# ``meta_optimizer(rate, rule, SGD_BOUNDS)`` (from the registry): a greedy
+# meta step can overshoot into a diverging value.
 SGD_BOUNDS = types.MappingProxyType(
     {k: (lo, None if hi == math.inf else hi)
      for k, (lo, hi) in registry.SGD.bounds.items()})
+
+# The meta step size of the default meta optimiser.
+DEFAULT_META_LR = 1e-3
 
 
 class OnlineMethod(NamedTuple):
@@ -101,6 +112,32 @@ class OnlineMethod(NamedTuple):
   every_arg: str = 'every'
 
 
+class OnlineState(NamedTuple):
+  """The state of every greedy method.
+
+  Attributes:
+    inner: the inner state.
+    hparams: current values (leaves without the interval axis); after
+      ``update(state, t)``, the values step ``t`` used.
+    hypergrad: the latest hypergradient, like ``hparams``; zeros after
+      ``init``. Hypergradient descent: the one-step hypergradient computed
+      during the last step, applied by the next ``update``. RTHO: the one of
+      the latest hyperparameter update. Truncated greedy: the look-ahead
+      hypergradient of the latest meta step (the last one when
+      ``meta_steps > 1``).
+    meta_state: the meta optimiser's state.
+    tangents: RTHO only (``()`` otherwise): ``d inner / d hparams`` for every
+      floating inner leaf (in ``jax.tree.leaves`` order), each of shape
+      ``(K, *leaf.shape)`` with ``K`` the total number of scalar
+      hyperparameter values.
+  """
+  inner: PyTree
+  hparams: PyTree
+  hypergrad: PyTree
+  meta_state: Any
+  tangents: Any = ()
+
+
 class Static(NamedTuple):
   """``fn`` with static leading arguments, compared and hashed by value.
 
@@ -115,14 +152,23 @@ class Static(NamedTuple):
     return self.fn(*self.args, *args)
 
 
-def meta_opt_from(meta_opt, meta_lr, meta_update: str, bounds
-                  ) -> optax.GradientTransformation:
-  """``meta_opt`` if given, else :func:`hypergrad.meta_optimizer` of the rest."""
+def check_meta_opt(meta_opt) -> optax.GradientTransformation:
+  """``meta_opt`` checked; ``None`` is ``hypergrad.meta_optimizer(1e-3)``.
+
+  Raises:
+    TypeError: ``meta_opt`` is not an optax ``GradientTransformation`` (an
+      ``init`` / ``update`` pair); at construction, before any compute.
+  """
   if meta_opt is None:
-    return outer.meta_optimizer(meta_lr, meta_update, bounds)
-  if not (hasattr(meta_opt, 'init') and hasattr(meta_opt, 'update')):
+    return outer.meta_optimizer(DEFAULT_META_LR)
+  if not (callable(getattr(meta_opt, 'init', None))
+          and callable(getattr(meta_opt, 'update', None))):
+    hint = ''
+    if isinstance(meta_opt, (numbers.Number, str, Mapping, tuple)):
+      hint = (' For meta step sizes, a rule or bounds, build one with '
+              'hypergrad.meta_optimizer(meta_lr, meta_update, bounds).')
     raise TypeError(f'meta_opt must be an optax GradientTransformation, got '
-                    f'{meta_opt!r}.')
+                    f'{meta_opt!r}.{hint}')
   return meta_opt
 
 
@@ -240,8 +286,8 @@ def run_online(method: OnlineMethod, init_state: PyTree, hparams: PyTree,
     >>> step_fn = hypergrad.sgd_momentum_step(train_loss, momentum=0.5)
     >>> loss_fn = lambda s: jnp.sum((s.params - 0.5) ** 2)   # "validation"
     >>> state = hypergrad.sgd_init(jnp.zeros(3))
-    >>> method = hypergrad.hypergradient_descent(step_fn, loss_fn,
-    ...                                          meta_lr=1e-3)
+    >>> method = hypergrad.hypergradient_descent(
+    ...     step_fn, loss_fn, meta_opt=hypergrad.meta_optimizer(1e-3))
     >>> final, sched = hypergrad.run_online(
     ...     method, state, {'lr': hypergrad.constant(0.1)}, num_steps=1000)
     >>> sched['lr'].shape

@@ -516,20 +516,34 @@ def meta_optimizer(meta_lr=1e-3, meta_update: str = 'sgd', bounds=None
   * ``'sign'``: ``h <- h - eta * sign(g)`` (scale free: moves by ``eta``);
   * ``'normalized'``: ``h <- h - eta * g / ||g||_2``, the norm per leaf;
 
-  then ``h <- clip(h, lo, hi)`` where ``bounds`` is given.
+  then ``h <- clip(h, lo, hi)`` where ``bounds`` is given. It is the
+  ``meta_opt`` argument of :func:`hypergrad.hypergradient_descent`,
+  :func:`hypergrad.rtho` and :func:`hypergrad.truncated_greedy`; its rates
+  are pytree leaves, so a sweep over them compiles once.
 
   Args:
     meta_lr: positive float, or a mapping name -> positive float (learning
       rate and momentum live on very different scales).
     meta_update: ``'sgd'``, ``'sign'`` or ``'normalized'``.
-    bounds: None (unbounded), ``(lo, hi)``, or a mapping name ->
-      ``(lo, hi)`` such as :data:`hypergrad.SGD_BOUNDS`.
+    bounds: None (unbounded), ``(lo, hi)`` for all values, or a mapping
+      name -> ``(lo, hi)`` such as :data:`hypergrad.SGD_BOUNDS`; ``None`` in
+      a pair means unbounded on that side.
 
   Returns:
     An optax ``GradientTransformation``.
 
   Raises:
     ValueError: a bad rate, rule or bound; at construction.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, hypergrad
+    >>> opt = hypergrad.meta_optimizer({'lr': 0.1, 'momentum': 0.01}, 'sign',
+    ...                                hypergrad.SGD_BOUNDS)
+    >>> h = {'lr': jnp.array(0.05), 'momentum': jnp.array(0.995)}
+    >>> g = {'lr': jnp.array(-3.0), 'momentum': jnp.array(-2.0)}
+    >>> u, _ = opt.update(g, opt.init(h), h)
+    >>> {k: round(float(v), 4) for k, v in optax.apply_updates(h, u).items()}
+    {'lr': 0.15, 'momentum': 0.999}
   """
   if meta_update not in META_UPDATES:
     raise ValueError(f'meta_update must be one of {META_UPDATES}, got '

@@ -27,7 +27,7 @@ tangents, whatever the horizon.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -42,36 +42,18 @@ from hypergrad._src import validation
 PyTree = Any
 
 
-class RTHOState(NamedTuple):
-  """State of :func:`rtho`.
-
-  Attributes:
-    inner: the inner state.
-    hparams: current values (leaves without the interval axis); after
-      ``update(state, t)``, the values step ``t`` used.
-    hypergrad: the hypergradient of the latest hyperparameter update; zeros
-      before the first.
-    tangents: ``d inner / d hparams`` for every floating inner leaf (in
-      ``jax.tree.leaves`` order), each of shape ``(K, *leaf.shape)`` with
-      ``K`` the total number of scalar hyperparameter values.
-  """
-  inner: PyTree
-  hparams: PyTree
-  hypergrad: PyTree
-  tangents: list
-  meta_state: Any = ()
-
-
 def _init(meta_opt, step_fn, loss_fn, inner_state, hparams):
   values = online.initial_values(hparams, 'rtho')
   online.check_unroll(step_fn, loss_fn, inner_state, hparams)
   k = sum(int(np.size(h)) for h in jax.tree.leaves(values))
   tangents = tangents_lib.zeros(k, unroll_lib.split_state(inner_state).diff)
-  return RTHOState(inner_state, values, jax.tree.map(jnp.zeros_like, values),
-                   tangents, online.meta_init(meta_opt, values))
+  return online.OnlineState(inner_state, values,
+                            jax.tree.map(jnp.zeros_like, values),
+                            online.meta_init(meta_opt, values), tangents)
 
 
-def _update(every, reset, meta_opt, step_fn, loss_fn, state: RTHOState, t):
+def _update(every, reset, meta_opt, step_fn, loss_fn,
+            state: online.OnlineState, t):
   t = jnp.asarray(t, jnp.int32)
   split = unroll_lib.split_state(state.inner)
   step, merge = tangents_lib.step_pieces(step_fn, split)
@@ -94,15 +76,13 @@ def _update(every, reset, meta_opt, step_fn, loss_fn, state: RTHOState, t):
   new_diff, new_rest, tangents = tangents_lib.push_batch(
       step, split.diff, split.rest, values, t, tangents,
       tangents_lib.basis(values))
-  return RTHOState(merge(new_diff, new_rest), values, hypergrad, tangents,
-                   meta_state)
+  return online.OnlineState(merge(new_diff, new_rest), values, hypergrad,
+                            meta_state, tangents)
 
 
 def rtho(step_fn: Callable, loss_fn: Callable, *, every: int = 10,
-         meta_lr=1e-3, reset_tangents: bool = False,
-         meta_update: str = 'sgd', bounds=None,
-         meta_opt: optax.GradientTransformation | None = None
-         ) -> online.OnlineMethod:
+         meta_opt: optax.GradientTransformation | None = None,
+         reset_tangents: bool = False) -> online.OnlineMethod:
   r"""Real-time HO: forward tangents online, a hyperparameter step every ``k``.
 
   At steps ``t = k, 2k, ...`` (before running step ``t``), the values move
@@ -117,21 +97,22 @@ def rtho(step_fn: Callable, loss_fn: Callable, *, every: int = 10,
     every: ``k``, inner steps between hyperparameter updates (with
       ``k = num_steps`` the run makes none: ``run_online`` refuses only
       ``k > num_steps``).
-    meta_lr: positive float or mapping name -> positive float.
+    meta_opt: the meta optimiser, an optax ``GradientTransformation``
+      applied to the hypergradient; default
+      ``hypergrad.meta_optimizer(1e-3)``, gradient steps of ``1e-3``.
+      ``hypergrad.meta_optimizer(meta_lr, meta_update, bounds)`` builds the
+      usual ones, e.g. ``hypergrad.meta_optimizer(1e-3,
+      bounds=hypergrad.SGD_BOUNDS)``.
     reset_tangents: zero the tangents after each update (truncated look-back)
       instead of keeping them (Franceschi et al.'s RTHO).
-    meta_update: ``'sgd'``, ``'sign'`` or ``'normalized'``.
-    bounds: None, ``(lo, hi)``, or a mapping name -> ``(lo, hi)`` such as
-      ``hypergrad.SGD_BOUNDS``.
-    meta_opt: any optax ``GradientTransformation`` instead of the one
-      :func:`hypergrad.meta_optimizer` builds from the three above.
 
   Returns:
-    An :class:`OnlineMethod` with state :class:`RTHOState`.
+    An :class:`OnlineMethod` with state :class:`OnlineState`
+    (``tangents`` filled).
 
   Raises:
-    ValueError: ``every < 1``, a non-positive ``meta_lr``, an unknown
-      ``meta_update`` or malformed ``bounds``; at construction.
+    ValueError: ``every < 1``; at construction.
+    TypeError: ``meta_opt`` is not an optax transformation; at construction.
 
   Example:
     >>> import jax.numpy as jnp, hypergrad
@@ -141,15 +122,17 @@ def rtho(step_fn: Callable, loss_fn: Callable, *, every: int = 10,
     >>> step_fn = hypergrad.sgd_momentum_step(train_loss, momentum=0.5)
     >>> loss_fn = lambda s: jnp.sum((s.params - 0.5) ** 2)   # "validation"
     >>> state = hypergrad.sgd_init(jnp.zeros(3))
-    >>> method = hypergrad.rtho(step_fn, loss_fn, every=50, meta_lr=1e-3,
-    ...                         bounds=hypergrad.SGD_BOUNDS)
+    >>> method = hypergrad.rtho(
+    ...     step_fn, loss_fn, every=50,
+    ...     meta_opt=hypergrad.meta_optimizer(1e-3,
+    ...                                       bounds=hypergrad.SGD_BOUNDS))
     >>> final, sched = hypergrad.run_online(
     ...     method, state, {'lr': hypergrad.constant(0.05)}, 1000)
     >>> bool(sched['lr'][-1] != sched['lr'][0])   # it moved online
     True
   """
   every = validation.check_int(every, 'every')
-  meta_opt = online.meta_opt_from(meta_opt, meta_lr, meta_update, bounds)
+  meta_opt = online.check_meta_opt(meta_opt)
   return online.make_method(
       online.Static(_init, ()),
       online.Static(_update, (every, bool(reset_tangents))), meta_opt,

@@ -27,7 +27,7 @@ last look-ahead still spans ``k`` steps, past the end of the run: it models
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -39,22 +39,6 @@ from hypergrad._src import online
 from hypergrad._src import validation
 
 PyTree = Any
-
-
-class TruncatedState(NamedTuple):
-  """State of :func:`truncated_greedy`.
-
-  Attributes:
-    inner: the inner state.
-    hparams: current values (leaves without the interval axis); after
-      ``update(state, t)``, the values step ``t`` used.
-    hypergrad: the look-ahead hypergradient of the latest meta step (the
-      last one when ``meta_steps > 1``); zeros before the first.
-  """
-  inner: PyTree
-  hparams: PyTree
-  hypergrad: PyTree
-  meta_state: Any = ()
 
 
 def _offset_step(step_fn, state, h, t):
@@ -69,13 +53,13 @@ def _offset_loss(loss_fn, state):
 def _init(meta_opt, step_fn, loss_fn, inner_state, hparams):
   values = online.initial_values(hparams, 'truncated_greedy')
   online.check_unroll(step_fn, loss_fn, inner_state, hparams)
-  return TruncatedState(inner_state, values,
-                        jax.tree.map(jnp.zeros_like, values),
-                        online.meta_init(meta_opt, values))
+  return online.OnlineState(inner_state, values,
+                            jax.tree.map(jnp.zeros_like, values),
+                            online.meta_init(meta_opt, values))
 
 
 def _update(window, estimator, meta_steps, meta_opt, step_fn, loss_fn,
-            state: TruncatedState, t):
+            state: online.OnlineState, t):
   t = jnp.asarray(t, jnp.int32)
   # Partials of module-level functions: the same static identity on every
   # trace, so the look-ahead estimator's compilation cache is reused.
@@ -100,17 +84,14 @@ def _update(window, estimator, meta_steps, meta_opt, step_fn, loss_fn,
   values, hypergrad, meta_state = jax.lax.cond(
       t % window == 0, look_ahead, lambda operand: operand,
       (state.hparams, state.hypergrad, state.meta_state))
-  return TruncatedState(step_fn(state.inner, values, t), values, hypergrad,
-                        meta_state)
+  return online.OnlineState(step_fn(state.inner, values, t), values,
+                            hypergrad, meta_state)
 
 
 def truncated_greedy(step_fn: Callable, loss_fn: Callable, *, window: int,
-                     meta_lr=1e-3,
+                     meta_opt: optax.GradientTransformation | None = None,
                      estimator: estimator_lib.Estimator | None = None,
-                     meta_steps: int = 1, meta_update: str = 'sgd',
-                     bounds=None,
-                     meta_opt: optax.GradientTransformation | None = None
-                     ) -> online.OnlineMethod:
+                     meta_steps: int = 1) -> online.OnlineMethod:
   r"""Truncated greedy: look ``window`` steps ahead, step the values, train.
 
   At steps ``t = 0, k, 2k, ...`` (``k = window``), before running step ``t``:
@@ -123,7 +104,12 @@ def truncated_greedy(step_fn: Callable, loss_fn: Callable, *, window: int,
       a look-ahead window.
     window: ``k``, the look-ahead horizon and the steps between updates;
       ``run_online`` refuses ``k`` longer than the run.
-    meta_lr: positive float or mapping name -> positive float.
+    meta_opt: the meta optimiser, an optax ``GradientTransformation``
+      applied to the hypergradient; default
+      ``hypergrad.meta_optimizer(1e-3)``, gradient steps of ``1e-3``.
+      ``hypergrad.meta_optimizer(meta_lr, meta_update, bounds)`` builds the
+      usual ones, e.g. ``hypergrad.meta_optimizer(1e-2, 'sign',
+      hypergrad.SGD_BOUNDS)``.
     estimator: the look-ahead's estimator value: ``hypergrad.forward()``
       (default; memory flat in ``k``, cost growing with the number of
       values) or ``hypergrad.reverse(checkpoint_every=...)`` (cost flat in
@@ -131,20 +117,14 @@ def truncated_greedy(step_fn: Callable, loss_fn: Callable, *, window: int,
       rematerialised).
     meta_steps: hyperparameter steps per window (each re-runs the look-ahead
       from the same state with the updated values).
-    meta_update: ``'sgd'``, ``'sign'`` or ``'normalized'``.
-    bounds: None, ``(lo, hi)``, or a mapping name -> ``(lo, hi)`` such as
-      ``hypergrad.SGD_BOUNDS``.
-    meta_opt: any optax ``GradientTransformation`` instead of the one
-      :func:`hypergrad.meta_optimizer` builds from the three above.
 
   Returns:
-    An :class:`OnlineMethod` with state :class:`TruncatedState`.
+    An :class:`OnlineMethod` with state :class:`OnlineState`.
 
   Raises:
-    ValueError: ``window < 1``, ``meta_steps < 1``, an unknown
-      ``meta_update``, a non-positive ``meta_lr`` or bad ``bounds``; at
-      construction.
-    TypeError: ``estimator`` not an estimator value.
+    ValueError: ``window < 1`` or ``meta_steps < 1``; at construction.
+    TypeError: ``estimator`` not an estimator value, or ``meta_opt`` not an
+      optax transformation; at construction.
 
   Example:
     >>> import jax.numpy as jnp, hypergrad
@@ -154,9 +134,10 @@ def truncated_greedy(step_fn: Callable, loss_fn: Callable, *, window: int,
     >>> step_fn = hypergrad.sgd_momentum_step(train_loss, momentum=0.5)
     >>> loss_fn = lambda s: jnp.sum((s.params - 0.5) ** 2)   # "validation"
     >>> state = hypergrad.sgd_init(jnp.zeros(3))
-    >>> method = hypergrad.truncated_greedy(step_fn, loss_fn, window=100,
-    ...                                     meta_lr=1e-2,
-    ...                                     estimator=hypergrad.reverse())
+    >>> method = hypergrad.truncated_greedy(
+    ...     step_fn, loss_fn, window=100,
+    ...     meta_opt=hypergrad.meta_optimizer(1e-2),
+    ...     estimator=hypergrad.reverse())
     >>> final, sched = hypergrad.run_online(
     ...     method, state, {'lr': hypergrad.constant(0.05)}, 1000)
     >>> sched['lr'].shape
@@ -166,7 +147,7 @@ def truncated_greedy(step_fn: Callable, loss_fn: Callable, *, window: int,
   meta_steps = validation.check_int(meta_steps, 'meta_steps')
   estimator = estimator_lib.check_estimator(
       forward_lib.forward() if estimator is None else estimator)
-  meta_opt = online.meta_opt_from(meta_opt, meta_lr, meta_update, bounds)
+  meta_opt = online.check_meta_opt(meta_opt)
   return online.make_method(
       online.Static(_init, ()),
       online.Static(_update, (window, estimator, meta_steps)), meta_opt,
