@@ -550,3 +550,44 @@ class BadInputTest(parameterized.TestCase):
     with pytest.raises(ValueError, match='number of members'):
       hypergrad.aggregate_hypergrads({'a': jnp.ones((2, 1)),
                                       'b': jnp.ones((3, 1))})
+
+
+class EstimatorValueTest(parameterized.TestCase):
+  """A population is an estimator value wherever one is taken."""
+
+  def test_population_is_an_estimator_with_one_result_type(self):
+    x, y = _data()
+    step_fn, loss_fn = _shared_fns(x, y)
+    est = hypergrad.population(aggregate='median')
+    assert isinstance(est, hypergrad.Estimator)
+    out = est(step_fn, loss_fn, _states([0, 1, 2]), _HPARAMS, _T)
+    assert isinstance(out, hypergrad.HypergradResult)
+    assert isinstance(out.info, hypergrad.PopulationStats)
+    same = hypergrad.population_hypergrad(step_fn, loss_fn, _states([0, 1, 2]),
+                                          _HPARAMS, _T, aggregate='median')
+    chex.assert_trees_all_close(out.hypergrads, same.hypergrads, rtol=0)
+    # Equal options, equal values: one compilation key, hashable.
+    assert est == hypergrad.population(aggregate='median')
+    assert hash(est) == hash(hypergrad.population(aggregate='median'))
+
+  def test_traceable_compute_equals_call(self):
+    x, y = _data()
+    step_fn, loss_fn = _shared_fns(x, y)
+    est = hypergrad.population(min_agreement=0.5)
+    states = _states([0, 1, 2])
+    called = est(step_fn, loss_fn, states, _HPARAMS, _T)
+    traced = jax.jit(lambda s, h: est.compute(step_fn, loss_fn, s, h, _T))(
+        states, _HPARAMS)
+    chex.assert_trees_all_close(traced.hypergrads, called.hypergrads,
+                                rtol=1e-12, atol=1e-15)
+    chex.assert_trees_all_close(traced.info.losses, called.info.losses,
+                                rtol=1e-12)
+
+  def test_nested_or_single_run_uses_refused(self):
+    with pytest.raises(TypeError, match='not a population'):
+      hypergrad.population(hypergrad.population())
+    with pytest.raises(TypeError, match='not a population'):
+      hypergrad.truncated_greedy(lambda s, h, t: s, lambda s: s, window=2,
+                                 estimator=hypergrad.population())
+    with pytest.raises(ValueError, match='aggregate must be one of'):
+      hypergrad.population(aggregate='mode')

@@ -123,7 +123,8 @@ def truncated_greedy(step_fn: Callable, loss_fn: Callable, *, window: int,
 
   Raises:
     ValueError: ``window < 1`` or ``meta_steps < 1``; at construction.
-    TypeError: ``estimator`` not an estimator value, or ``meta_opt`` not an
+    TypeError: ``estimator`` not a single-run estimator value (a
+      population's members would need stacked states), or ``meta_opt`` not an
       optax transformation; at construction.
 
   Example:
@@ -146,7 +147,8 @@ def truncated_greedy(step_fn: Callable, loss_fn: Callable, *, window: int,
   window = validation.check_int(window, 'window')
   meta_steps = validation.check_int(meta_steps, 'meta_steps')
   estimator = estimator_lib.check_estimator(
-      forward_lib.forward() if estimator is None else estimator)
+      forward_lib.forward() if estimator is None else estimator,
+      single_run=True)
   meta_opt = online.check_meta_opt(meta_opt)
   return online.make_method(
       online.Static(_init, ()),
