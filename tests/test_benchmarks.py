@@ -32,6 +32,9 @@ def test_coarse_to_fine_covers_the_range_from_the_first_values():
                              * np.arange(1, 8) / 8)
 
 
+# The whole table at a tiny size takes ~2-4 minutes on 2 cores: the tests
+# reading it are marked slow (CI's step 5 runs them); make test keeps the
+# new rows' table (tests/test_hpo_baselines.py) and the journal tests.
 @pytest.fixture(scope='module')
 def tiny_table(tmp_path_factory):
   results = hpo.run_table(
@@ -43,6 +46,7 @@ def tiny_table(tmp_path_factory):
   return results, base
 
 
+@pytest.mark.slow
 def test_hpo_table_every_method_within_one_budget(tiny_table):
   results, _ = tiny_table
   budget = results['budget']
@@ -77,6 +81,7 @@ def test_hpo_table_every_method_within_one_budget(tiny_table):
     assert budget - r['spent'] < 40, m   # no full trial left unpaid
 
 
+@pytest.mark.slow
 def test_hpo_table_writes_table_plot_and_json(tiny_table):
   results, base = tiny_table
   for ext in ('.md', '.png', '.json'):
@@ -112,6 +117,7 @@ def test_report_sections_are_read_back_by_title(tmp_path):
   assert {t for t, _ in run_bench.RUNNERS.values()} >= set(sections)
 
 
+@pytest.mark.slow
 def test_hpo_table_gains_are_paired_with_the_default(tiny_table):
   results, _ = tiny_table
   (default,) = results['methods']['default']
@@ -189,6 +195,7 @@ print('ok')
   assert proc.returncode == 0 and 'ok' in proc.stdout, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_paired_differences_are_differences_of_paired_gains(tiny_table):
   results, base = tiny_table
   text = hpo.paired_differences(results)
@@ -207,6 +214,7 @@ def test_paired_differences_are_differences_of_paired_gains(tiny_table):
                       f'{100 * (mean + half):+.2f}] |']
 
 
+@pytest.mark.slow
 def test_merge_keeps_old_rows_and_refuses_unpaired_tables(tiny_table):
   results, _ = tiny_table
   new = {**results, 'total_seconds': 1.0,
@@ -235,6 +243,7 @@ def test_merge_keeps_old_rows_and_refuses_unpaired_tables(tiny_table):
         results, {**new, 'methods': {'default': moved}}, 'cmd')
 
 
+@pytest.mark.slow
 def test_merge_refuses_other_intervals_while_old_outer_rows_stay(
     tiny_table):
   results, _ = tiny_table
@@ -261,6 +270,7 @@ def test_merge_refuses_other_intervals_while_old_outer_rows_stay(
       same['fds_intervals'])
 
 
+@pytest.mark.slow
 def test_fds_intervals_set_the_searched_schedule(tiny_table):
   results, base = tiny_table
   assert results['fds_intervals'] == hpo.config_intervals(
@@ -297,6 +307,7 @@ def test_bad_override_entries_name_the_entry(text):
       'lr': 20.0, 'weight_decay': 3.0}
 
 
+@pytest.mark.slow
 def test_table_descends_the_objective_it_names(tiny_table):
   results, base = tiny_table
   assert results['val_objective'] == 'cross_entropy'
