@@ -149,3 +149,38 @@ def test_tuned_greedy_is_tuned_on_a_seed_not_evaluated():
   # Merged into a table of untuned rows, the note comes with them.
   old = dict(table, tune_greedy=False)
   assert hpo.merge_results(old, table, 'cmd')['tune_greedy'] is True
+
+
+def test_a_diverged_retrain_is_counted_named_and_never_a_finite_loss(
+    tmp_path):
+  # Issue 26's Fashion-MNIST rerun: a search returned a schedule that
+  # diverged on 2 of its 3 retrains. Here a real retrain diverges too.
+  from benchmarks.hpo import evaluation
+  from hypergrad.experiments import tasks as tasks_lib
+  task = tasks_lib.make_task('digits_mlp', seed=0)
+  good = {'lr': np.full((1,), 0.1)}
+  wild = {'lr': np.full((1,), 1e9)}
+  scores = evaluation.evaluate(task, [good, wild], 60, [0, 1], 2)
+  assert scores.shape == (2, 3)
+  assert np.isfinite(scores[0, 0]) and scores[0, 2] == 0
+  assert np.isnan(scores[1, 0]) and scores[1, 2] == 2
+  assert 0 <= scores[1, 1] <= 1  # what it measured, charged to the method
+  assert evaluation.diverged_retrains(scores[1]) == 2
+  assert evaluation.diverged_retrains((math.nan, 0.1)) is None  # old score
+
+  def row(loss, acc, n):
+    return {'test_loss': loss, 'test_accuracy': acc, 'paired_gain': 0.0,
+            'diverged_retrains': n, 'spent': 0.0, 'seconds': 0.0,
+            'info': {'trials': 1}}
+  results = {'horizon': 20, 'eval_seeds': 3, 'ratios': {},
+             'methods': {'default': [row(0.3, 0.9, 0)] * 2,
+                         'random_param': [row(0.3, 0.9, 0),
+                                          row(math.nan, 0.36, 2)]}}
+  text = report.table(results)
+  line = [l for l in text.splitlines() if 'warm-up + decay' in l][0]
+  assert '0.300 ± 0.000 (1 seeds; diverged on 1 of 2)' in line
+  assert 'nan' not in text
+  note = report.divergence_note(results)
+  assert 'seed 1 (2 of 3 retrains, test accuracy 36.00%)' in note
+  assert report.divergence_note(
+      {'methods': {'default': [row(0.3, 0.9, 0)]}}) == ''

@@ -192,5 +192,6 @@ def main(argv):
   results['command'] = command
   base = report.write(results, _OUT_DIR.value, command, _TAG.value)
   print(report.table(results))
+  print(report.divergence_note(results), end='')
   print(f'wrote {base}.md, .png and .json')
   journal_lib.Journal.delete(journal_dir)

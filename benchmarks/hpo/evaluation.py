@@ -70,10 +70,17 @@ def evaluate(task, schedules, horizon, eval_seeds, batch):
 
   Schedules are expanded to per-step values and retrained ``batch`` at a
   time with one vmapped unroll (padded to ``batch``: one compilation).
+
+  Returns:
+    ``[len(schedules), 3]``: mean test loss (NaN when any retrain
+    diverged, so a diverged schedule is never scored as a finite loss),
+    mean test accuracy as measured (a diverged network's is a constant
+    prediction's: the failure is charged to the method that chose it), and
+    the number of retrains whose test loss is not finite.
   """
   step_fn = task.step_fn(task.default_split())
   expanded = [_per_step(task, h, horizon) for h in schedules]
-  out = np.zeros((len(schedules), 2))
+  out = np.zeros((len(schedules), 3))
   for e in eval_seeds:
     state = task.init_state(e)
     for i in range(0, len(expanded), batch):
@@ -85,8 +92,21 @@ def evaluate(task, schedules, horizon, eval_seeds, batch):
       for j in range(min(batch, len(expanded) - i)):
         one = jax.tree.map(lambda x, j=j: x[j], final)
         m = task.evaluate(one, 'test')
-        out[i + j] += (m['loss'], m['accuracy'])
-  return out / len(eval_seeds)
+        diverged = not np.isfinite(float(m['loss']))
+        out[i + j] += (m['loss'], m['accuracy'], diverged)
+  out[:, :2] /= len(eval_seeds)
+  return out
+
+
+def diverged_retrains(score) -> int | None:
+  """How many of a schedule's retrains diverged (non-finite test loss).
+
+  None where it is not known: a score journalled before the count was
+  kept whose loss is not finite (at least one of its retrains diverged).
+  """
+  if len(score) > 2:
+    return int(score[2])
+  return 0 if math.isfinite(score[0]) else None
 
 
 def _row(score, seed, r, default_final) -> dict:
@@ -98,6 +118,7 @@ def _row(score, seed, r, default_final) -> dict:
            else (math.nan, math.nan))
   return {
       'test_loss': float(final[0]), 'test_accuracy': float(final[1]),
+      'diverged_retrains': diverged_retrains(final),
       'default_test_accuracy': float(default_final[1]),
       'paired_gain': float(final[1] - default_final[1]),
       'spent': r['spent'], 'seconds': r['seconds'], 'info': r['info'],

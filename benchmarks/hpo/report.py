@@ -148,16 +148,68 @@ def _tuning_note(results) -> str:
       f"beforehand).\n\n")
 
 
+def _diverged_seeds(per_seed) -> list[int]:
+  # A seed whose returned schedule diverged on a retrain has a NaN loss.
+  return [i for i, r in enumerate(per_seed)
+          if not np.isfinite(r['test_loss'])]
+
+
+def _loss_cell(per_seed) -> str:
+  diverged = _diverged_seeds(per_seed)
+  finite = [r['test_loss'] for i, r in enumerate(per_seed)
+            if i not in diverged]
+  if not finite:
+    return f'diverged on all {len(per_seed)} seeds'
+  loss = _mean_std(finite)
+  cell = f'{loss[0]:.3f} ± {loss[1]:.3f}'
+  if diverged:
+    cell += (f' ({len(finite)} seeds; diverged on {len(diverged)} of '
+             f'{len(per_seed)})')
+  return cell
+
+
+def divergence_note(results) -> str:
+  """Markdown: the rows whose returned schedule diverged on a retrain.
+
+  A diverged retrain (non-finite test loss) is kept in the accuracy at
+  what it measured (a constant prediction), so the method that returned
+  the schedule is charged for it; this note names each such row, seed and
+  count, so that no mean hides one. Empty when none diverged.
+  """
+  labels = methods_lib.LABELS
+  lines = []
+  for m, per_seed in results['methods'].items():
+    seeds = _diverged_seeds(per_seed)
+    if not seeds:
+      continue
+    parts = []
+    for i in seeds:
+      n = per_seed[i].get('diverged_retrains')
+      count = (f'{n} of {results["eval_seeds"]} retrains' if n
+               else 'at least one retrain')
+      parts.append(f'seed {i} ({count}, test accuracy '
+                   f'{100 * per_seed[i]["test_accuracy"]:.2f}%)')
+    lines.append(f'* {labels[m]}: {"; ".join(parts)}')
+  if not lines:
+    return ''
+  return (
+      'Diverged retrains (non-finite test loss): the schedule a search '
+      'returned trained well from its search initialisation but not from '
+      'every retrain initialisation. Such a retrain is counted at the '
+      'accuracy it measured (the method that chose the schedule is charged '
+      'for it) and its seed left out of the test-loss mean:\n\n'
+      + '\n'.join(lines) + '\n\n')
+
+
 def _row(results, m, per_seed) -> list[str]:
   method = methods_lib.METHODS[m]
   acc = _mean_std([r['test_accuracy'] for r in per_seed])
-  loss = _mean_std([r['test_loss'] for r in per_seed])
   spent = np.mean([r['spent'] for r in per_seed])
   secs = np.mean([r['seconds'] for r in per_seed])
   gain = evaluation.confidence_interval([r['paired_gain'] for r in per_seed])
   return [method.label, f'{100 * acc[0]:.2f} ± {100 * acc[1]:.2f}',
           '-' if m == 'default' else _interval(*gain),
-          f'{loss[0]:.3f} ± {loss[1]:.3f}', f'{spent:,.0f}',
+          _loss_cell(per_seed), f'{spent:,.0f}',
           f"{spent / results['horizon']:.1f}",
           method.iterations([r['info'] for r in per_seed]),
           method.cost_cell(results['ratios']), f'{secs:.0f}']
@@ -261,7 +313,7 @@ def write(results, out_dir, command, tag=''):
   r = results
   text = (
       f"{_header(r, command)}"
-      f"{table(r)}\n\n"
+      f"{table(r)}\n\n{divergence_note(r)}"
       f"Paired method against method (the same HPO seeds and retrain "
       f"initialisations; an interval above 0: the first method wins beyond "
       f"seed luck):\n\n{paired_differences(r)}\n\n"
