@@ -12,8 +12,14 @@ and K = 32 (30 + 1 + 1):
   scheme (every tangent carried from step 0, the platform's push);
 
 the arithmetic floor of exact forward mode (:func:`flop_floor`: XLA's
-flop count of a tangent push against a plain step); and the compiled peak
-memory at T = 1,000 and T = 10,000.
+flop count of a tangent push against a plain step); what one tangent costs
+in plain steps in each push's loop body alone, by number of tangents
+(:func:`per_tangent`: how far from that floor XLA runs a tangent); and the
+compiled peak memory at T = 1,000 and T = 10,000.
+
+``--task fashion_mnist_mlp`` (or another task config's name) measures the
+same on that task's step instead of the MLP above (its data must be
+present; the memory table stays the MLP's).
 
 Targets: compile time at most 4x the plain unroll's; run ratio <= 12 for
 K = 9 and <= 33 for K = 32 (issue 25: at the flop floor); memory at
@@ -26,6 +32,7 @@ a second run reads the programs back and its compile times drop accordingly.
 
     python -m benchmarks.forward_cost            # ~2 min on 2 CPU cores
     python -m benchmarks.forward_cost --steps 300 --repeats 1   # quick look
+    python -m benchmarks.forward_cost --task fashion_mnist_mlp --lr_intervals 7
 """
 
 from __future__ import annotations
@@ -38,10 +45,28 @@ from benchmarks import common
 import hypergrad
 
 
-def measure(steps: int, lr_intervals, repeats: int):
-  """Rows ``[K, plain ms, rows ms, ratio, batch ms, ratio, naive ms, ratio]``.
+def problem(task: str = ''):
+  """``(step_fn, loss_fn, init_state)``: the MLP above, or a task config's.
+
+  Raises:
+    ValueError: ``task`` names a task whose data is not prepared.
   """
-  step_fn, loss_fn, state = common.mlp_problem()
+  if not task:
+    return common.mlp_problem()
+  # pylint: disable=g-import-not-at-top
+  from benchmarks import tasks as tasks_bench
+  loaded, source = tasks_bench.load_task(task)
+  if loaded is None:
+    raise ValueError(f'--task={task!r}: {source}')
+  return loaded.problem()
+
+
+def measure(steps: int, lr_intervals, repeats: int, problem_=None):
+  """Rows ``[K, plain ms, rows ms, ratio, batch ms, ratio, naive ms, ratio]``.
+
+  ``problem_``: ``(step_fn, loss_fn, init_state)``; None: the MLP.
+  """
+  step_fn, loss_fn, state = problem_ or common.mlp_problem()
   plain = jax.jit(lambda s, h: loss_fn(hypergrad.unroll(step_fn, s, h, steps)))
   rows = []
   for n in lr_intervals:
@@ -59,7 +84,7 @@ def measure(steps: int, lr_intervals, repeats: int):
   return rows
 
 
-def flop_floor(steps: int, lr_intervals):
+def flop_floor(steps: int, lr_intervals, problem_=None):
   """Rows ``[K, begun, tangent / plain flops, floor ratio]``.
 
   Exact forward mode pushes every begun tangent through the step's
@@ -75,7 +100,7 @@ def flop_floor(steps: int, lr_intervals):
   from hypergrad._src import schedule
   from hypergrad._src import tangents
   from hypergrad._src import unroll
-  step_fn, _, state = common.mlp_problem()
+  step_fn, _, state = problem_ or common.mlp_problem()
   split = unroll.split_state(state)
   step, _ = tangents.step_pieces(step_fn, split)
   t = jax.numpy.int32(1)
@@ -99,9 +124,69 @@ def flop_floor(steps: int, lr_intervals):
   return rows
 
 
-def compile_times(steps: int, lr_intervals):
+def per_tangent(steps: int, sizes, repeats: int, problem_=None):
+  """Rows ``[tangents, rows push, batch push]``: plain steps per tangent.
+
+  The loop body alone, over ``steps`` inner steps at fixed hyperparameters:
+  the primal step with ``n`` tangents pushed as rows (the step linearised
+  once, its linear map applied row by row, :func:`tangents.push_rows`) or as
+  one batch (a ``vmap`` of ``jvp`` fused with the primal step,
+  :func:`tangents.push_batch`), against the plain step's loop. No masking,
+  no schedule look-up: set against :func:`flop_floor`'s tangent cost, it
+  says how far from its arithmetic XLA runs a tangent, whatever the plan
+  around it.
+  """
+  # pylint: disable=g-import-not-at-top
+  from hypergrad._src import schedule
+  from hypergrad._src import tangents
+  from hypergrad._src import unroll
+  step_fn, _, state = problem_ or common.mlp_problem()
+  split = unroll.split_state(state)
+  step, _ = tangents.step_pieces(step_fn, split)
+  h = schedule.hparams_at(common.fds_hparams(1), jax.numpy.int32(0), steps)
+
+  def loop(body):
+    def scan_body(carry, _):
+      d, r, z, t = carry
+      d, r, z = body(d, r, z, t)
+      return (d, r, z, t + 1), None
+    # The state leaves too: the plain loop would otherwise compute nothing.
+    return jax.jit(lambda d, r, z: jax.lax.scan(
+        scan_body, (d, r, z, jax.numpy.int32(0)), None, steps)[0][:3])
+
+  def timed(body, n):
+    fn = loop(body)
+    args = (split.diff, split.rest, tangents.zeros(n, split.diff))
+    jax.block_until_ready(fn(*args))
+    return common.best_time(lambda: fn(*args), repeats)
+
+  def plain_body(d, r, z, t):
+    d, r = step(d, r, h, t)
+    return d, r, z
+
+  def rows_body(d, r, z, t):
+    new_d, new_r, lin = tangents.linearize(step, d, r, h, t)
+    count = jax.numpy.int32(z[0].shape[0]) + 0 * t  # traced, as in forward
+    z, _ = tangents.push_rows(lin, z, count, lambda i: jax.tree.map(
+        lambda x: 0.01 * jax.numpy.ones_like(x), h))
+    return new_d, new_r, z
+
+  def batch_body(d, r, z, t):
+    dh = jax.tree.map(lambda x: jax.numpy.full(
+        (z[0].shape[0],) + x.shape, 0.01, x.dtype), h)
+    return tangents.push_batch(step, d, r, h, t, z, dh)
+
+  t_plain = timed(plain_body, 0)
+  out = []
+  for n in sizes:
+    out.append([n] + [f'{(timed(body, n) / t_plain - 1) / n:.2f}'
+                      for body in (rows_body, batch_body)])
+  return out
+
+
+def compile_times(steps: int, lr_intervals, problem_=None):
   """Rows ``[K, plain s, rows s, rows / plain, batch s, batch / plain]``."""
-  step_fn, loss_fn, state = common.mlp_problem()
+  step_fn, loss_fn, state = problem_ or common.mlp_problem()
   # The first compile of a process also pays for XLA's one-time set-up:
   # spend it on a 2-step unroll so that it is in neither column.
   common.compile_time(
@@ -145,6 +230,10 @@ def _define_flags():
                     'Learning-rate intervals; K = this + 2.')
   flags.DEFINE_list('memory_steps', ['1000', '10000'],
                     'Horizons for the memory comparison.')
+  flags.DEFINE_string('task', '', 'A task config to measure instead of the '
+                      'MLP (its data must be present), e.g. fashion_mnist_mlp.')
+  flags.DEFINE_list('per_tangent', ['1', '2', '3', '6', '9', '16'],
+                    'Tangent counts for the per-tangent table (empty: none).')
   flags.DEFINE_bool('compilation_cache', True,
                     'Use the persistent compilation cache (a rerun then '
                     'reads compiled programs back).')
@@ -157,19 +246,28 @@ def main(argv):
             else None)
   steps = FLAGS.steps
   ns = [int(k) for k in FLAGS.lr_intervals]
+  task = problem(FLAGS.task)  # before any compile: a missing dataset fails fast
   print(f'backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), '
-        f'T = {steps}, compilation cache: {folder or "off"}')
+        f'T = {steps}, problem: {FLAGS.task or "MLP 64-128-128-10"}, '
+        f'compilation cache: {folder or "off"}')
   # Compiled first, so nothing else has warmed a cache for these programs.
   print(common.markdown_table(
       ['K', 'plain compile s', 'rows compile s', 'rows / plain',
-       'batch compile s', 'batch / plain'], compile_times(steps, ns)))
-  rows = measure(steps, ns, FLAGS.repeats)
+       'batch compile s', 'batch / plain'],
+      compile_times(steps, ns, task)))
+  rows = measure(steps, ns, FLAGS.repeats, task)
   print(common.markdown_table(
       ['K', 'plain ms', 'rows ms', 'rows ratio', 'batch ms', 'batch ratio',
        'naive ms', 'naive ratio'], rows))
   print(common.markdown_table(
       ['K', 'begun tangents (mean)', 'tangent / plain step flops',
-       'exact forward floor (x plain)'], flop_floor(steps, ns)))
+       'exact forward floor (x plain)'], flop_floor(steps, ns, task)))
+  sizes = [int(n) for n in FLAGS.per_tangent]
+  if sizes:
+    print(common.markdown_table(
+        ['tangents', 'rows: plain steps / tangent',
+         'batch: plain steps / tangent'],
+        per_tangent(min(steps, 300), sizes, FLAGS.repeats, task)))
   mem = memory([int(s) for s in FLAGS.memory_steps])
   print(common.markdown_table(
       ['T', 'compiled bytes (forward, K=9)'],

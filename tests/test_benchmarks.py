@@ -475,3 +475,15 @@ def test_journal_keeps_schedules_bit_for_bit(tmp_path):
         json.loads(json.dumps(hpo.journal_lib.encode_hparams(h))),
         dtype)
     assert hpo.schedule_key(back) == hpo.schedule_key(h)
+
+
+def test_forward_cost_per_tangent_table_and_a_task_without_its_data():
+  from benchmarks import forward_cost  # pylint: disable=g-import-not-at-top
+  rows = forward_cost.per_tangent(30, [1, 2], 1)
+  assert [r[0] for r in rows] == [1, 2]
+  # Both pushes cost something per tangent: a plain loop optimised away
+  # (its result unused) would make every figure hundreds of plain steps.
+  for r in rows:
+    assert all(0.2 < float(v) < 60 for v in r[1:]), rows
+  with pytest.raises(ValueError, match="--task='svhn_lenet'"):
+    forward_cost.problem('svhn_lenet')
