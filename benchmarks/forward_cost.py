@@ -157,7 +157,6 @@ def per_tangent(steps: int, sizes, repeats: int, problem_=None):
   def timed(body, n):
     fn = loop(body)
     args = (split.diff, split.rest, tangents.zeros(n, split.diff))
-    jax.block_until_ready(fn(*args))
     return common.best_time(lambda: fn(*args), repeats)
 
   def plain_body(d, r, z, t):
