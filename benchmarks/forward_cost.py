@@ -125,7 +125,7 @@ def flop_floor(steps: int, lr_intervals, problem_=None):
 
 
 def per_tangent(steps: int, sizes, repeats: int, problem_=None):
-  """Rows ``[tangents, rows push, batch push]``: plain steps per tangent.
+  """Rows ``[tangents, rows, rows checked, batch]``: plain steps per tangent.
 
   The loop body alone, over ``steps`` inner steps at fixed hyperparameters:
   the primal step with ``n`` tangents pushed as rows (the step linearised
@@ -134,7 +134,10 @@ def per_tangent(steps: int, sizes, repeats: int, problem_=None):
   :func:`tangents.push_batch`), against the plain step's loop. No masking,
   no schedule look-up: set against :func:`flop_floor`'s tangent cost, it
   says how far from its arithmetic XLA runs a tangent, whatever the plan
-  around it.
+  around it. ``rows checked`` also keeps the per-row finiteness check that
+  ``forward`` runs to report the first non-finite step (in the other two
+  columns it is computed and dropped, so XLA removes it): the difference is
+  what divergence detection costs per tangent.
   """
   # pylint: disable=g-import-not-at-top
   from hypergrad._src import schedule
@@ -147,12 +150,14 @@ def per_tangent(steps: int, sizes, repeats: int, problem_=None):
 
   def loop(body):
     def scan_body(carry, _):
-      d, r, z, t = carry
-      d, r, z = body(d, r, z, t)
-      return (d, r, z, t + 1), None
-    # The state leaves too: the plain loop would otherwise compute nothing.
+      d, r, z, t, ok = carry
+      d, r, z, finite = body(d, r, z, t)
+      return (d, r, z, t + 1, ok & finite), None
+    # The state leaves too, and the check: what a loop does not return, XLA
+    # does not compute.
     return jax.jit(lambda d, r, z: jax.lax.scan(
-        scan_body, (d, r, z, jax.numpy.int32(0)), None, steps)[0][:3])
+        scan_body, (d, r, z, jax.numpy.int32(0), jax.numpy.bool_(True)),
+        None, steps)[0])
 
   def timed(body, n):
     fn = loop(body)
@@ -161,25 +166,28 @@ def per_tangent(steps: int, sizes, repeats: int, problem_=None):
 
   def plain_body(d, r, z, t):
     d, r = step(d, r, h, t)
-    return d, r, z
+    return d, r, z, True
 
-  def rows_body(d, r, z, t):
+  def rows_body(d, r, z, t, checked=False):
     new_d, new_r, lin = tangents.linearize(step, d, r, h, t)
     count = jax.numpy.int32(z[0].shape[0]) + 0 * t  # traced, as in forward
-    z, _ = tangents.push_rows(lin, z, count, lambda i: jax.tree.map(
+    z, finite = tangents.push_rows(lin, z, count, lambda i: jax.tree.map(
         lambda x: 0.01 * jax.numpy.ones_like(x), h))
-    return new_d, new_r, z
+    return new_d, new_r, z, (finite & tangents.all_finite(new_d)
+                             if checked else True)
 
   def batch_body(d, r, z, t):
     dh = jax.tree.map(lambda x: jax.numpy.full(
         (z[0].shape[0],) + x.shape, 0.01, x.dtype), h)
-    return tangents.push_batch(step, d, r, h, t, z, dh)
+    return tangents.push_batch(step, d, r, h, t, z, dh) + (True,)
 
   t_plain = timed(plain_body, 0)
   out = []
   for n in sizes:
     out.append([n] + [f'{(timed(body, n) / t_plain - 1) / n:.2f}'
-                      for body in (rows_body, batch_body)])
+                      for body in (rows_body,
+                                   lambda *a: rows_body(*a, checked=True),
+                                   batch_body)])
   return out
 
 
@@ -265,7 +273,7 @@ def main(argv):
   if sizes:
     print(common.markdown_table(
         ['tangents', 'rows: plain steps / tangent',
-         'batch: plain steps / tangent'],
+         'rows with the finiteness check', 'batch: plain steps / tangent'],
         per_tangent(min(steps, 300), sizes, FLAGS.repeats, task)))
   mem = memory([int(s) for s in FLAGS.memory_steps])
   print(common.markdown_table(

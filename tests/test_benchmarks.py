@@ -480,7 +480,7 @@ def test_journal_keeps_schedules_bit_for_bit(tmp_path):
 def test_forward_cost_per_tangent_table_and_a_task_without_its_data():
   from benchmarks import forward_cost  # pylint: disable=g-import-not-at-top
   rows = forward_cost.per_tangent(30, [1, 2], 1)
-  assert [r[0] for r in rows] == [1, 2]
+  assert [r[0] for r in rows] == [1, 2] and all(len(r) == 4 for r in rows)
   # Both pushes cost something per tangent: a plain loop optimised away
   # (its result unused) would make every figure hundreds of plain steps.
   for r in rows:
