@@ -18,6 +18,8 @@ from hypergrad._src.auto import ProbeTimes
 from hypergrad._src.auto import auto
 from hypergrad._src.estimator import Estimator
 from hypergrad._src.estimator import HypergradResult
+from hypergrad._src.finite_difference import HypergradCheck
+from hypergrad._src.finite_difference import check_hypergrad
 from hypergrad._src.finite_difference import finite_difference
 from hypergrad._src.forward import Forward
 from hypergrad._src.forward import forward
@@ -93,6 +95,7 @@ __all__ = (
     'Estimator',
     'Forward',
     'HParamSpec',
+    'HypergradCheck',
     'HypergradResult',
     'InnerOptimizerSpec',
     'OPTIMIZERS',
@@ -116,6 +119,7 @@ __all__ = (
     'aggregate_hypergrads',
     'auto',
     'calibrated_cross_entropy',
+    'check_hypergrad',
     'box',
     'constant',
     'constant_leaf',

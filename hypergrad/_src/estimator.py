@@ -36,10 +36,12 @@ class HypergradResult(NamedTuple):
     loss: scalar, the outer (validation) loss after the inner run.
     hypergrads: ``d loss / d hparams``, with exactly the structure, shapes and
       dtypes of ``hparams``.
-    info: :class:`hypergrad.UnrollInfo`: the final inner state and the first
-      inner step whose state (or tangents) was non-finite, -1 if none; for a
-      :func:`hypergrad.population`, :class:`hypergrad.PopulationStats`: the
-      same two fields with a leading member axis, and the members' losses,
+    info: :class:`hypergrad.UnrollInfo`: the final inner state, the first
+      inner step whose state (or tangents) was non-finite, -1 if none, and
+      each value's ``expansion`` (how far its hypergradient can be trusted,
+      ``docs/trust.md``); for a :func:`hypergrad.population`,
+      :class:`hypergrad.PopulationStats`: the first two with a leading
+      member axis, the members' median expansion, and the members' losses,
       hypergradients and per-value statistics.
   """
   loss: jax.Array
@@ -55,11 +57,13 @@ def validate_problem(init_state, hparams, num_steps):
 
   Raises:
     TypeError, ValueError: a bad horizon, a schedule leaf that breaks the
-      sharing contract or holds a NaN/Inf, naming the leaf.
+      sharing contract or holds a NaN/Inf, or an initial state that holds a
+      NaN/Inf, naming the leaf.
   """
   num_steps = schedule.validate_num_steps(num_steps)
   hparams = schedule.validate_hparams(hparams, num_steps)
   init_state = unroll_lib.as_state(init_state)
+  unroll_lib.check_finite_state(init_state)
   return init_state, hparams, num_steps
 
 
@@ -128,8 +132,13 @@ class Estimator:
     result = _run(self, num_steps, progress, unroll_lib.as_pytree_fn(step_fn),
                   unroll_lib.as_pytree_fn(loss_fn), init_state,
                   schedule.as_schedules(hparams))
+    info = result.info
+    if getattr(info, 'expansion', None) is not None:
+      info = info._replace(expansion=schedule.like_hparams(info.expansion,
+                                                           hparams))
     return result._replace(
-        hypergrads=schedule.like_hparams(result.hypergrads, hparams))
+        hypergrads=schedule.like_hparams(result.hypergrads, hparams),
+        info=info)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))

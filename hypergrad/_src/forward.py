@@ -49,6 +49,7 @@ import numpy as np
 
 from hypergrad._src import devices as devices_lib
 from hypergrad._src import estimator as estimator_lib
+from hypergrad._src import expansion as expansion_lib
 from hypergrad._src import schedule
 from hypergrad._src import tangents as tangents_lib
 from hypergrad._src import unroll as unroll_lib
@@ -160,15 +161,18 @@ def plan(chunks: list[list[Direction]], num_steps: int,
 
 
 def _batch_unroll(step_fn, init_state, hparams, num_steps, rows, segments,
-                  progress=None):
-  """The final state's leaves, tangents and first non-finite step of a chunk.
+                  progress=None, steps=None):
+  """The final state's leaves, tangents, first non-finite step and expansion.
 
   One ``lax.scan`` per segment of :func:`plan` (a few, whatever the number
   of intervals): the step looks its hyperparameters up from ``t``, and the
   segment's static batch of rows is pushed with the primal step in one
   ``vmap`` of ``jvp`` (:func:`tangents.push_batch`). Rows not begun are
   exactly zero; inside the batch they are masked and stay so, past it they
-  are not touched at all.
+  are not touched at all. With ``steps`` (the distinct interval starts), the
+  batch carries one more row, the expansion probe (no hyperparameter
+  direction), and the last output is its ``log10`` growth from each start;
+  else None.
   """
   report = unroll_lib.progress_reporter(progress, num_steps)
   h_leaves, h_def = jax.tree.flatten(hparams)
@@ -187,7 +191,7 @@ def _batch_unroll(step_fn, init_state, hparams, num_steps, rows, segments,
       return mask.reshape((batch,) + (1,) * (x.ndim - 1))
 
     def body(carry, _):
-      diff, rest, tangents, t, bad = carry
+      diff, rest, tangents, t, bad, probe = carry
       report(t)
       h_t = schedule.hparams_at(hparams, t, num_steps)
       # A row's value moves h_t only while its own interval is in force.
@@ -198,8 +202,22 @@ def _batch_unroll(step_fn, init_state, hparams, num_steps, rows, segments,
       if late:
         on = start < t
         tangents = [jnp.where(shaped(on, z), z, 0) for z in tangents]
-      diff, rest, tangents = tangents_lib.push_batch(
-          step, diff, rest, h_t, t, tangents, dh)
+      if probe is None:
+        diff, rest, tangents = tangents_lib.push_batch(
+            step, diff, rest, h_t, t, tangents, dh)
+      else:
+        # The probe rides in the same batch as row 0: no second primal step.
+        p, log_norm, at = probe
+        at = expansion_lib.record(at, steps_arr, t, log_norm)
+        dh = jax.tree.map(lambda d: jnp.concatenate(
+            [jnp.zeros((1,) + d.shape[1:], d.dtype), d]), dh)
+        diff, rest, out = tangents_lib.push_batch(
+            step, diff, rest, h_t, t,
+            [jnp.concatenate([q[None], z]) for q, z in zip(p, tangents)], dh)
+        tangents = [z[1:] for z in out]
+        p, log_norm = expansion_lib.renormalise([z[0] for z in out],
+                                                log_norm)
+        probe = (p, log_norm, at)
       if late:
         on = start <= t
         finite = tangents_lib.all_finite(diff) & jnp.all(jnp.stack([
@@ -207,36 +225,55 @@ def _batch_unroll(step_fn, init_state, hparams, num_steps, rows, segments,
       else:
         finite = tangents_lib.all_finite(list(diff) + tangents)
       bad = jnp.where((bad < 0) & ~finite, t, bad).astype(jnp.int32)
-      return (diff, rest, tangents, t + 1, bad), None
+      return (diff, rest, tangents, t + 1, bad, probe), None
 
     return body
 
   # The step index rides in the carry rather than as scanned-over input:
   # an int32[T] input would make memory grow with the horizon.
   diff, rest, t, bad = split.diff, split.rest, jnp.int32(0), jnp.int32(-1)
+  steps_arr, probe = _probe_carry(steps, split.diff)
   tangents = tangents_lib.zeros(0, split.diff)
   for first, stop, batch, late in segments:
     # Rows begun in this segment join the batch as zeros.
     tangents = [jnp.concatenate([z, jnp.zeros((batch - z.shape[0],)
                                               + z.shape[1:], z.dtype)])
                 for z in tangents]
-    diff, rest, tangents, t, bad = jax.lax.scan(
-        segment(batch, late), (diff, rest, tangents, t, bad), None, stop - first)[0]
+    diff, rest, tangents, t, bad, probe = jax.lax.scan(
+        segment(batch, late), (diff, rest, tangents, t, bad, probe), None,
+        stop - first)[0]
   size = rows.start.shape[0]
   tangents = [jnp.pad(z, [(0, size - z.shape[0])] + [(0, 0)] * (z.ndim - 1))
               for z in tangents]
-  return diff, rest, tangents, bad
+  return diff, rest, tangents, bad, _probe_growth(probe)
+
+
+def _probe_carry(steps, diff):
+  """``(steps as an array, the probe's initial carry)``, or ``(None, None)``."""
+  if steps is None:
+    return None, None
+  return jnp.asarray(steps), (expansion_lib.probe_init(diff), jnp.float32(0),
+                              jnp.zeros((len(steps),), jnp.float32))
+
+
+def _probe_growth(probe):
+  if probe is None:
+    return None
+  _, log_norm, at = probe
+  return expansion_lib.from_probe(at, log_norm)
 
 
 def _rows_unroll(step_fn, init_state, hparams, num_steps, rows,
-                 progress=None):
-  """The final state's leaves, tangents and first non-finite step of a chunk.
+                 progress=None, steps=None):
+  """The final state's leaves, tangents, first non-finite step and expansion.
 
   One ``lax.scan`` over all ``num_steps`` steps, whatever the schedules: the
   step looks its hyperparameters up from ``t``, and the rows whose interval
   has begun (a prefix, rows being sorted by start) are pushed by
   :func:`tangents.push_rows`, a loop whose trip count is traced. Rows not
-  yet begun are exactly zero and are neither read nor pushed.
+  yet begun are exactly zero and are neither read nor pushed. ``steps``: as
+  in :func:`_batch_unroll`, the probe pushed once more through the step's
+  linear map.
   """
   report = unroll_lib.progress_reporter(progress, num_steps)
   h_leaves, h_def = jax.tree.flatten(hparams)
@@ -244,10 +281,16 @@ def _rows_unroll(step_fn, init_state, hparams, num_steps, rows,
   step, _ = tangents_lib.step_pieces(step_fn, split)
 
   def body(carry, _):
-    diff, rest, tangents, t, bad = carry
+    diff, rest, tangents, t, bad, probe = carry
     report(t)
     h_t = schedule.hparams_at(hparams, t, num_steps)
     new_diff, new_rest, lin = tangents_lib.linearize(step, diff, rest, h_t, t)
+    if probe is not None:
+      p, log_norm, at = probe
+      at = expansion_lib.record(at, steps_arr, t, log_norm)
+      p, log_norm = expansion_lib.renormalise(
+          list(lin(p, jax.tree.map(jnp.zeros_like, h_t))), log_norm)
+      probe = (p, log_norm, at)
     # The interval in force for each leaf: a row's value moves h_t only
     # while its own interval is.
     now = [schedule.interval_index(t, h.shape[0], num_steps)
@@ -264,16 +307,17 @@ def _rows_unroll(step_fn, init_state, hparams, num_steps, rows,
                                               direction)
     finite = finite & tangents_lib.all_finite(new_diff)
     bad = jnp.where((bad < 0) & ~finite, t, bad).astype(jnp.int32)
-    return (new_diff, new_rest, tangents, t + 1, bad), None
+    return (new_diff, new_rest, tangents, t + 1, bad, probe), None
 
   # The step index rides in the carry rather than as scanned-over input:
   # an int32[T] input would make memory grow with the horizon.
+  steps_arr, probe = _probe_carry(steps, split.diff)
   carry = (split.diff, split.rest,
            tangents_lib.zeros(rows.start.shape[0], split.diff),
-           jnp.int32(0), jnp.int32(-1))
-  diff, rest, tangents, _, bad = jax.lax.scan(body, carry, None,
-                                              num_steps)[0]
-  return diff, rest, tangents, bad
+           jnp.int32(0), jnp.int32(-1), probe)
+  diff, rest, tangents, _, bad, probe = jax.lax.scan(body, carry, None,
+                                                     num_steps)[0]
+  return diff, rest, tangents, bad, _probe_growth(probe)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,17 +347,22 @@ class Forward(estimator_lib.Estimator):
       program is lowered for its platform (``jax.lax.platform_dependent``).
       Both give the same numbers; see ``docs/benchmarks.md`` for what each
       costs where.
+    expansion: measure the expansion behind each value's hypergradient
+      (``info.expansion``, see ``docs/trust.md``) with one more tangent, a
+      state-space probe; False saves that one tangent's cost.
   """
   chunk_size: int | None = None
   skip_unstarted: bool = True
   mesh: Any = None
   tangent_axis: str = 'tangent'
   push: str | None = None
+  expansion: bool = True
 
   def __post_init__(self):
     object.__setattr__(self, 'chunk_size', validation.check_int(
         self.chunk_size, 'chunk_size', allow_none=True))
     object.__setattr__(self, 'skip_unstarted', bool(self.skip_unstarted))
+    object.__setattr__(self, 'expansion', bool(self.expansion))
     devices_lib.check_mesh_axis(self.mesh, self.tangent_axis, 'tangent_axis')
     if self.push not in PUSHES:
       raise ValueError(f"push must be None, 'batch' or 'rows', got "
@@ -341,14 +390,16 @@ class Forward(estimator_lib.Estimator):
       where[c, :len(chunk)] = [d.flat for d in chunk]
 
     segments = plan(chunks, num_steps)
+    steps = (expansion_lib.starts(hparams, num_steps) if self.expansion
+             else None)
 
     def batch(r):
       return _batch_unroll(step_fn, init_state, hparams, num_steps, r,
-                           segments, progress)
+                           segments, progress, steps)
 
     def rows_(r):
       return _rows_unroll(step_fn, init_state, hparams, num_steps, r,
-                          progress)
+                          progress, steps)
 
     split = unroll_lib.split_state(init_state)
 
@@ -358,12 +409,14 @@ class Forward(estimator_lib.Estimator):
       else:
         out = jax.lax.platform_dependent(
             r, **{p: rows_ for p in ROW_PUSH_PLATFORMS}, default=batch)
-      diff, rest, tangents, bad = out
+      diff, rest, tangents, bad, growth = out
       merge = lambda d: unroll_lib.merge_state(d, rest, split.treedef,
                                                split.mask)
       loss, g = jax.value_and_grad(lambda d: loss_fn(merge(d)))(diff)
       values = tangents_lib.contract_flat(tangents, g, tangents[0].dtype)
-      return loss, values, unroll_lib.UnrollInfo(merge(diff), bad)
+      growth = (None if growth is None else expansion_lib.per_value(
+          growth, steps, hparams, num_steps))
+      return loss, values, unroll_lib.UnrollInfo(merge(diff), bad, growth)
 
     if devices > 1:
       loss, values, info = self._sharded(one, rows)
@@ -373,17 +426,20 @@ class Forward(estimator_lib.Estimator):
     else:
       # The chunks share one compiled unroll: their rows are scanned over.
       # Every chunk reruns the same primal; its tangents may blow up.
+      # The probe's growth is the same in every chunk: the last one's is kept.
       def chunk(carry, r):
-        _, _, bad = carry
+        bad = carry[2]
         loss, values, info = one(r)
         bad = unroll_lib.earliest(bad, info.nonfinite_step)
-        return (loss, info.final_state, bad), values
+        return (loss, info.final_state, bad, info.expansion), values
 
       loss0 = jnp.zeros((), jax.eval_shape(loss_fn, init_state).dtype)
+      growth0 = (None if steps is None else jax.tree.map(
+          lambda h: jnp.zeros(h.shape, jnp.float32), hparams))
       stacked = jax.tree.map(lambda *x: jnp.asarray(np.stack(x)), *rows)
-      (loss, final, bad), values = jax.lax.scan(
-          chunk, (loss0, init_state, jnp.int32(-1)), stacked)
-      info = unroll_lib.UnrollInfo(final, bad)
+      (loss, final, bad, growth), values = jax.lax.scan(
+          chunk, (loss0, init_state, jnp.int32(-1), growth0), stacked)
+      info = unroll_lib.UnrollInfo(final, bad, growth)
     # NumPy's rules: a float32 and a float64 schedule in one pytree is fine
     # even under strict jax promotion; every leaf is cast back below.
     flat_dtype = np.result_type(*[h.dtype for h in h_leaves])
@@ -408,7 +464,7 @@ class Forward(estimator_lib.Estimator):
     split, same = spec(self.tangent_axis), spec()
     loss, values, info = devices_lib.split_map(
         per_device, stacked, self.mesh, self.tangent_axis,
-        (same, split, unroll_lib.UnrollInfo(same, split)))
+        (same, split, unroll_lib.UnrollInfo(same, split, same)))
     bad = info.nonfinite_step[0]
     for d in range(1, info.nonfinite_step.shape[0]):
       bad = unroll_lib.earliest(bad, info.nonfinite_step[d])
@@ -417,7 +473,8 @@ class Forward(estimator_lib.Estimator):
 
 def forward(chunk_size: int | None = None, *,
             skip_unstarted: bool = True, mesh: Any = None,
-            tangent_axis: str = 'tangent', push: str | None = None) -> Forward:
+            tangent_axis: str = 'tangent', push: str | None = None,
+            expansion: bool = True) -> Forward:
   """The forward-mode estimator (FDS), as a value to pass around.
 
   Memory is constant in the horizon: one state and one tangent per scalar
@@ -432,6 +489,8 @@ def forward(chunk_size: int | None = None, *,
       :class:`Forward`); None: one device.
     tangent_axis: the mesh axis name.
     push: ``'batch'``, ``'rows'`` or None (by platform); see
+      :class:`Forward`.
+    expansion: measure ``info.expansion`` (one more tangent); see
       :class:`Forward`.
 
   Returns:
@@ -449,7 +508,8 @@ def forward(chunk_size: int | None = None, *,
     >>> result.hypergrads['lr'].shape, int(result.info.nonfinite_step)
     ((2,), -1)
   """
-  return Forward(chunk_size, skip_unstarted, mesh, tangent_axis, push)
+  return Forward(chunk_size, skip_unstarted, mesh, tangent_axis, push,
+                 expansion)
 
 
 def forward_hypergrad(step_fn, loss_fn, init_state, hparams, num_steps: int,

@@ -70,6 +70,9 @@ class PopulationStats(NamedTuple):
     nonfinite_step: int32 ``(S,)``, each member's first inner step whose
       state (or tangents) was non-finite, -1 if none.
     final_state: the members' final inner states, leaves ``(S, ...)``.
+    expansion: like ``hparams``, the median over members of each value's
+      expansion (:class:`hypergrad.UnrollInfo`); None if the member
+      estimator measures none.
   """
   losses: jax.Array
   hypergrads: PyTree
@@ -80,6 +83,7 @@ class PopulationStats(NamedTuple):
   undecided: PyTree
   nonfinite_step: jax.Array
   final_state: PyTree
+  expansion: PyTree = None
 
 
 class _FnSpec(NamedTuple):
@@ -212,10 +216,14 @@ def _stats(agg_name, trim, min_agreement, members_out, hparams
   # one-interval form, (S, 1, ...).
   agg = aggregate_lib.PopulationAggregate(
       *[schedule.like_hparams(f, hparams) for f in agg])
+  growth = members_out.info.expansion
+  if growth is not None:
+    growth = schedule.like_hparams(
+        jax.tree.map(lambda e: jnp.median(e, axis=0), growth), hparams)
   info = PopulationStats(members_out.loss, members_out.hypergrads, agg.mean,
                          agg.stderr, agg.snr, agg.sign_agreement,
                          agg.undecided, members_out.info.nonfinite_step,
-                         members_out.info.final_state)
+                         members_out.info.final_state, growth)
   return estimator_lib.HypergradResult(jnp.mean(members_out.loss),
                                        agg.hypergrads, info)
 
@@ -326,6 +334,7 @@ class Population(estimator_lib.Estimator):
       raise ValueError('a population runs its members vmapped in one program '
                        'and reports no progress; pass progress=None.')
     init_states, num = _check_init_states(init_state)
+    unroll_lib.check_finite_state(init_states, 'init_states')
     _check_member_mesh(self.mesh, self.member_axis, num)
     member0 = jax.tree.map(lambda x: x[0], init_states)
     _, hparams, num_steps = estimator_lib.validate_problem(member0, hparams,

@@ -37,8 +37,10 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from hypergrad._src import estimator as estimator_lib
+from hypergrad._src import expansion as expansion_lib
 from hypergrad._src import unroll as unroll_lib
 from hypergrad._src import validation
 
@@ -63,16 +65,29 @@ class Reverse(estimator_lib.Estimator):
               progress=None) -> estimator_lib.HypergradResult:
     del progress  # The backward pass is one XLA op: no host callbacks.
 
-    def outer_loss(h):
+    # The adjoint's norm is read where each interval begins and at the end
+    # (the last slot): the expansion the hypergradient went through.
+    steps = expansion_lib.starts(hparams, num_steps)
+
+    def outer_loss(h, slots):
       info = unroll_lib.unroll(step_fn, init_state, h, num_steps,
                                checkpoint_every=self.checkpoint_every,
-                               return_info=True)
-      return loss_fn(info.final_state), info
+                               return_info=True,
+                               taps=(jnp.asarray(steps), slots[:-1]))
+      split = unroll_lib.split_state(info.final_state)
+      final = unroll_lib.merge_state(
+          expansion_lib.tap(split.diff, slots[-1]), split.rest,
+          split.treedef, split.mask)
+      return loss_fn(final), info
 
-    (loss, info), grads = jax.value_and_grad(outer_loss, has_aux=True)(hparams)
+    slots = jnp.zeros((len(steps) + 1,), jnp.float32)
+    (loss, info), (grads, log_norms) = jax.value_and_grad(
+        outer_loss, argnums=(0, 1), has_aux=True)(hparams, slots)
     # A float32 loss of a float64 schedule (or vice versa) must not change the
     # dtypes the outer optimiser sees.
     grads = jax.tree.map(lambda g, h: g.astype(h.dtype), grads, hparams)
+    info = info._replace(expansion=expansion_lib.per_value(
+        expansion_lib.from_adjoint(log_norms), steps, hparams, num_steps))
     return estimator_lib.HypergradResult(loss, grads, info)
 
 

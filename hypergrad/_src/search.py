@@ -12,6 +12,14 @@ overflowing), or one that collapsed to chance level (at or above
 that led to it: the values go halfway back to the last accepted ones and every
 later update is halved.
 
+A value whose hypergradient went through an expansion of the inner
+dynamics above ``max_expansion`` (``info.expansion``: chaotic training, where
+its sign is noise) is held in place for the step, as a population's
+undecided values are; an optional ``check_loss`` tests every hypergradient
+against finite differences of the loss (:func:`hypergrad.check_hypergrad`)
+and warns, naming the remedies, when it does not predict it.
+``docs/trust.md`` has the measurements behind both.
+
 The loop keeps the best *evaluated and accepted* schedule (lowest validation
 loss): that, not the last values (which were never evaluated), is the result.
 The loop state is a small pytree, so the launch script checkpoints it after
@@ -23,6 +31,7 @@ from __future__ import annotations
 import math
 import time
 from typing import Any, Callable, Mapping, NamedTuple
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +39,7 @@ import numpy as np
 import optax
 
 from hypergrad._src import estimator as estimator_lib
+from hypergrad._src import finite_difference
 from hypergrad._src import outer
 from hypergrad._src import population as population_lib
 from hypergrad._src import registry
@@ -38,6 +48,15 @@ from hypergrad._src import validation
 PyTree = Any
 HypergradFn = Callable[[PyTree, int], tuple[jax.Array, PyTree]]
 ScoreFn = Callable[[Any, float], float]
+CheckLossFn = Callable[[PyTree, int], Any]
+
+# log10 of the expansion above which a value's hypergradient is held: on the
+# main job's task the values whose hypergradients changed sign from seed to
+# seed measured 2.0-3.9, every other one at most 1.8 (docs/trust.md).
+MAX_EXPANSION = 2.0
+
+_REMEDIES = ('a shorter horizon or more intervals, smaller learning rates, a '
+             'population (hypergrad.population) or a smoothed estimate')
 
 # A leaf with more values than this is summarised, not printed, in errors.
 _PRINT_VALUES = 20
@@ -170,6 +189,42 @@ def exploded(loss: float, initial_loss: float,
           and loss > divergence_factor * initial_loss)
 
 
+def _check_max_expansion(max_expansion) -> None:
+  if max_expansion is not None and not (
+      validation.is_real(max_expansion) and not math.isnan(max_expansion)):
+    raise ValueError('max_expansion must be a number or None, got '
+                     f'max_expansion={max_expansion!r}.')
+
+
+def _hold_untrusted(grads, expansion, max_expansion):
+  """``(grads with untrusted values zeroed, number of untrusted values)``."""
+  if expansion is None or max_expansion is None:
+    return grads, 0
+  # -inf (an adjoint that vanished) is as tame as it gets; NaN is unknown.
+  trusted = jax.tree.map(lambda e: ~((jnp.asarray(e) > max_expansion)
+                                     | jnp.isnan(jnp.asarray(e))), expansion)
+  held = jax.tree.map(lambda g, ok: jnp.where(ok, g, jnp.zeros_like(g)),
+                      grads, trusted)
+  count = sum(int(jnp.sum(~ok)) for ok in jax.tree.leaves(trusted))
+  return held, count
+
+
+def _check(check_loss, hparams, grads, outer_step):
+  """The finite-difference check of one outer step, warning if it fails."""
+  if check_loss is None or not _all_finite(grads):
+    return None
+  result = finite_difference.check_hypergrad(
+      lambda h: check_loss(h, outer_step), hparams, grads)
+  if not result.agrees:
+    warnings.warn(
+        f'outer step {outer_step}: the hypergradient does not predict the '
+        f'validation loss (it predicts a slope of {result.predicted:.4g} along '
+        f'itself; finite differences at steps {list(result.steps)} measure '
+        f'{[round(m, 4) for m in result.measured]}). The inner training may be '
+        f'chaotic; remedies: {_REMEDIES}.', RuntimeWarning, stacklevel=3)
+  return result
+
+
 def _check_collapse(collapse_loss) -> None:
   if collapse_loss is not None and not (
       validation.is_real(collapse_loss) and math.isfinite(collapse_loss)):
@@ -190,7 +245,9 @@ def step(hypergrad_fn: HypergradFn, opt: optax.GradientTransformation,
          state: OuterState, *, tol: float = 0.05,
          divergence_factor: float | None = 10.0,
          collapse_loss: float | None = None,
-         score: ScoreFn | None = None) -> tuple[OuterState, dict]:
+         score: ScoreFn | None = None,
+         max_expansion: float | None = MAX_EXPANSION,
+         check_loss: CheckLossFn | None = None) -> tuple[OuterState, dict]:
   """One outer step.
 
   Args:
@@ -220,6 +277,14 @@ def step(hypergrad_fn: HypergradFn, opt: optax.GradientTransformation,
       better, called on an accepted step with what ``hypergrad_fn``
       returned (e.g. minus a validation accuracy computed from a
       :class:`hypergrad.HypergradResult`'s final inner state).
+    max_expansion: values whose ``info.expansion`` (``log10``) is above it
+      are held in place for this step: their hypergradient is noise
+      (``docs/trust.md``). None: every value steps.
+    check_loss: None, or ``check_loss(hparams, outer_step) -> scalar``, the
+      validation loss after a plain run on the same split and
+      initialisation as the hypergradient: each step's hypergradient is then
+      checked against it (:func:`hypergrad.check_hypergrad`, 4 plain runs)
+      and a failing check is a ``RuntimeWarning`` naming the remedies.
 
   Returns:
     ``(new_state, record)`` where ``record`` holds the step's metrics:
@@ -229,7 +294,9 @@ def step(hypergrad_fn: HypergradFn, opt: optax.GradientTransformation,
     ``hparams``; else None), ``hypergrad_norm``, ``hypergrads``,
     ``hparams`` (the values evaluated), ``step_sizes`` (sign descent's, else
     None), ``score`` (the hook's value; the validation loss without it;
-    nan for a rejected step), ``seconds``.
+    nan for a rejected step), ``expansion`` (``info.expansion``, like
+    ``hparams``; None if not measured), ``untrusted`` (values held for it),
+    ``check`` (a :class:`hypergrad.HypergradCheck`, or None), ``seconds``.
 
   Raises:
     ValueError: ``divergence_factor`` not a number > 1 or None, or a bad
@@ -239,9 +306,11 @@ def step(hypergrad_fn: HypergradFn, opt: optax.GradientTransformation,
   """
   _check_factor(divergence_factor)
   _check_collapse(collapse_loss)
+  _check_max_expansion(max_expansion)
   start = time.perf_counter()
   out = hypergrad_fn(state.hparams, state.step)
   loss, grads, info = _as_result(out)
+  expansion = getattr(info, 'expansion', None)
   # A population's info holds its members' agreement; a single run's, none.
   sign_agreement = getattr(info, 'sign_agreement', None)
   nonfinite_step = (None if info is None else
@@ -250,7 +319,8 @@ def step(hypergrad_fn: HypergradFn, opt: optax.GradientTransformation,
   record = {'outer_step': state.step, 'hparams': state.hparams,
             'val_loss': loss, 'hypergrads': grads,
             'nonfinite_step': nonfinite_step,
-            'sign_agreement': sign_agreement}
+            'sign_agreement': sign_agreement, 'expansion': expansion,
+            'untrusted': 0, 'check': None}
   # The first step's loss (init leaves it nan) is the scale of "exploded".
   initial_loss = state.initial_loss
   if not np.isfinite(initial_loss):
@@ -268,6 +338,9 @@ def step(hypergrad_fn: HypergradFn, opt: optax.GradientTransformation,
     reason = (f'validation loss {loss:.4g} at or above chance level '
               f'({collapse_loss:.4g})')
   if not reason:
+    record['check'] = _check(check_loss, state.hparams, grads, state.step)
+    grads, record['untrusted'] = _hold_untrusted(grads, expansion,
+                                                 max_expansion)
     updates, opt_state = opt.update(grads, state.opt_state, state.hparams)
     updates = jax.tree.map(lambda u: (u * state.update_scale).astype(u.dtype),
                            updates)
@@ -315,7 +388,9 @@ def run(hypergrad_fn: HypergradFn, hparams: Mapping[str, PyTree], *,
         collapse_loss: float | None = None,
         state: OuterState | None = None,
         callback: Callable[[OuterState, dict], None] | None = None,
-        score: ScoreFn | None = None
+        score: ScoreFn | None = None,
+        max_expansion: float | None = MAX_EXPANSION,
+        check_loss: CheckLossFn | None = None
         ) -> tuple[OuterState, list[dict]]:
   """Runs outer steps until converged or ``max_outer_steps`` steps were taken.
 
@@ -335,6 +410,8 @@ def run(hypergrad_fn: HypergradFn, hparams: Mapping[str, PyTree], *,
     callback: called after every outer step with ``(state, record)``, e.g.
       to log and checkpoint.
     score: see :func:`step`: what picks ``best_hparams``.
+    max_expansion, check_loss: see :func:`step`: how far hypergradients
+      are trusted.
 
   Returns:
     The final loop state and the list of records of the steps run here.
@@ -353,6 +430,7 @@ def run(hypergrad_fn: HypergradFn, hparams: Mapping[str, PyTree], *,
   validation.check_int(max_outer_steps, 'max_outer_steps')
   _check_factor(divergence_factor)
   _check_collapse(collapse_loss)
+  _check_max_expansion(max_expansion)
   if opt is None:
     opt = _default_opt(state.hparams if state is not None else hparams)
   state = state if state is not None else init(hparams, opt)
@@ -360,7 +438,8 @@ def run(hypergrad_fn: HypergradFn, hparams: Mapping[str, PyTree], *,
   while state.step < max_outer_steps and not state.converged:
     state, record = step(hypergrad_fn, opt, state, tol=tol,
                          divergence_factor=divergence_factor,
-                         collapse_loss=collapse_loss, score=score)
+                         collapse_loss=collapse_loss, score=score,
+                         max_expansion=max_expansion, check_loss=check_loss)
     records.append(record)
     if callback is not None:
       callback(state, record)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hypergrad._src import expansion as expansion_lib
 from hypergrad._src import schedule
 
 PyTree = Any
@@ -28,9 +29,14 @@ class UnrollInfo(NamedTuple):
     final_state: the inner state after the last step.
     nonfinite_step: int32 scalar, the first inner step ``t`` whose output
       (state, or tangents in forward mode) held a NaN or Inf; -1 if none.
+    expansion: float32, like the hyperparameters: for each value, ``log10``
+      of how much the linearised inner dynamics amplify a perturbation made
+      at the step its interval begins by the end of the run (see
+      ``docs/trust.md``); None where not measured (a plain unroll).
   """
   final_state: Any
   nonfinite_step: jax.Array
+  expansion: Any = None
 
 
 def first_nonfinite(first, t, tree):
@@ -183,6 +189,32 @@ def check_step_fn(step_fn: StepFn, loss_fn: LossFn | None, init_state: PyTree,
           f'loss_fn must return a real scalar, got {loss}.')
 
 
+def check_finite_state(state: PyTree, name: str = 'init_state') -> None:
+  """Refuses a state with a NaN or Inf, naming the leaf, before any compute.
+
+  A non-finite initial state would otherwise come back as a NaN loss and
+  hypergradient, and an outer loop would blame the hyperparameters. Traced
+  leaves (a caller inside ``jit``) are not checked.
+  """
+  leaves = [x for x in jax.tree.leaves(state)
+            if is_differentiable(x) and not isinstance(x, jax.core.Tracer)]
+  if not leaves or bool(_all_finite(leaves)):
+    return
+  for leaf_name, x in zip(schedule.leaf_names(state), jax.tree.leaves(state)):
+    if (is_differentiable(x) and not isinstance(x, jax.core.Tracer)
+        and not bool(jnp.all(jnp.isfinite(x)))):
+      bad = int(np.size(x) - np.sum(np.isfinite(np.asarray(x))))
+      raise ValueError(
+          f'{name} leaf {leaf_name} holds {bad} NaN or Inf value(s) of '
+          f'{np.size(x)}: the inner run would start from them. Check the '
+          'initialisation (or a checkpoint it was restored from).')
+
+
+@jax.jit
+def _all_finite(leaves):
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def as_state(init_state: PyTree) -> PyTree:
   """Converts leaves to arrays so the scan carry has fixed, strong dtypes."""
   def convert(x):
@@ -193,10 +225,18 @@ def as_state(init_state: PyTree) -> PyTree:
   return jax.tree.map(convert, init_state)
 
 
+def _tap_state(state, t, steps, slots):
+  split = split_state(state)
+  k = jnp.maximum(jnp.searchsorted(steps, t, side='right') - 1, 0)
+  slot = jnp.where(steps[k] == t, slots[k], jnp.zeros((), slots.dtype))
+  diff = expansion_lib.tap(split.diff, slot)
+  return merge_state(diff, split.rest, split.treedef, split.mask)
+
+
 def unroll(step_fn: StepFn, init_state: PyTree, hparams: PyTree,
            num_steps: int, *, start: int = 0, stop: int | None = None,
            checkpoint_every: int | None = None,
-           return_info: bool = False):
+           return_info: bool = False, taps=None):
   """Runs inner steps ``start .. stop-1`` of a horizon of ``num_steps``.
 
   The plain training pass: no tangents. Differentiable in reverse mode; with
@@ -213,6 +253,10 @@ def unroll(step_fn: StepFn, init_state: PyTree, hparams: PyTree,
     stop: one past the last step to run (default ``num_steps``).
     checkpoint_every: block length for rematerialisation, or None.
     return_info: also return the first step whose state was non-finite.
+    taps: None, or ``(steps, slots)``: int32 ``(S,)`` sorted steps and a
+      float32 ``(S,)`` vector; the state entering step ``steps[k]`` passes
+      through :func:`expansion.tap` with ``slots[k]``, so reverse mode reads
+      the adjoint's norm there.
 
   Returns:
     The state after step ``stop - 1``; with ``return_info=True``, an
@@ -229,6 +273,8 @@ def unroll(step_fn: StepFn, init_state: PyTree, hparams: PyTree,
   def body(carry, _):
     state, t, bad = carry
     h_t = schedule.hparams_at(hparams, t, num_steps)
+    if taps is not None:
+      state = _tap_state(state, t, *taps)
     state = step_fn(state, h_t, t)
     if return_info:
       bad = first_nonfinite(bad, t, state)
