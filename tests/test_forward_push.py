@@ -201,10 +201,10 @@ def test_cuda_export_pushes_a_batch_of_tangents(n_lr):
   for body, (_, _, batch, _) in zip(bodies, segments):
     dots = re.findall(r'stablehlo\.dot_general.*-> tensor<([0-9x]+)x\w+>',
                       body)
-    # Every weight matrix's tangent matmuls carry the segment's batch: the
-    # 3 layers' forward, backward and weight-gradient products, each with
-    # two tangent terms.
-    batched = [d for d in dots if str(batch) in d.split('x')]
+    # Every weight matrix's tangent matmuls carry the segment's batch and
+    # the expansion probe (one more row): the 3 layers' forward, backward
+    # and weight-gradient products, each with two tangent terms.
+    batched = [d for d in dots if str(batch + 1) in d.split('x')]
     assert len(batched) >= 12, (batch, dots)
     # The primal step: 3 forward, 3 weight-gradient, 2 input-gradient.
     assert len(dots) - len(batched) <= 8, dots

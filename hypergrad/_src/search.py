@@ -196,6 +196,22 @@ def _check_max_expansion(max_expansion) -> None:
                      f'max_expansion={max_expansion!r}.')
 
 
+def _like_grads(expansion, grads):
+  """``info.expansion`` for the values ``grads`` holds, or None.
+
+  A ``hypergrad_fn`` may return the hypergradients of some of the values it
+  ran with (others fixed): their expansion is picked by name.
+  """
+  if expansion is None:
+    return None
+  if isinstance(expansion, Mapping) and isinstance(grads, Mapping) and all(
+      k in expansion for k in grads):
+    expansion = {k: expansion[k] for k in grads}
+  if jax.tree.structure(expansion) != jax.tree.structure(grads):
+    return None
+  return expansion
+
+
 def _hold_untrusted(grads, expansion, max_expansion):
   """``(grads with untrusted values zeroed, number of untrusted values)``."""
   if expansion is None or max_expansion is None:
@@ -310,7 +326,7 @@ def step(hypergrad_fn: HypergradFn, opt: optax.GradientTransformation,
   start = time.perf_counter()
   out = hypergrad_fn(state.hparams, state.step)
   loss, grads, info = _as_result(out)
-  expansion = getattr(info, 'expansion', None)
+  expansion = _like_grads(getattr(info, 'expansion', None), grads)
   # A population's info holds its members' agreement; a single run's, none.
   sign_agreement = getattr(info, 'sign_agreement', None)
   nonfinite_step = (None if info is None else
