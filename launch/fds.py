@@ -19,6 +19,10 @@ launch/configs/digits_mlp.py``, or a copy of one edited).
 A workdir holding a run is never overwritten: ``--resume`` continues it,
 ``--overwrite`` starts it over. It is locked while a run uses it.
 
+A bad flag, config field or value, workdir or checkpoint stops the job
+before any compute with one line, ``error: ...``, the last it prints, and
+exit status 1.
+
 Compiled programs are kept in a persistent cache (``--compilation_cache_dir``,
 default ``$HYPERGRAD_CACHE_DIR`` or ``~/.cache/hypergrad/jax``), so a rerun or
 a ``--resume`` of the same config does not compile again.
@@ -35,9 +39,11 @@ them), and ``--resume`` continues the run.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
+import re
 import sys
 import time
 
@@ -64,11 +70,75 @@ __doc__ += f"""
 Task configs (``--config NAME``): {', '.join(configs_lib.NAMES)}.
 """
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', configs_lib.path('mnist1d_large_mlp'),
-    f'A task config\'s name ({", ".join(configs_lib.NAMES)}) or a config '
-    'file (default: mnist1d_large_mlp, MNIST-1D generated larger).',
-    lock_config=True)
+_DEFAULT_CONFIG = configs_lib.path('mnist1d_large_mlp')
+
+
+def _config_error(e: Exception, value: str) -> app.UsageError:
+  """The error of ``--config value``, which failed to load with ``e``."""
+  known = (f'a task config is named by one of {", ".join(configs_lib.NAMES)}'
+           ', or a file')
+  file = value.split(':', 1)[0]
+  if not os.path.exists(file):
+    return app.UsageError(f'--config {file}: No such file or directory, and '
+                          f'no task config of that name ({known}).')
+  return app.UsageError(f'--config {file}: {e} ({known})')
+
+
+def _error_line(message) -> str:
+  """``error: message`` on one line (ml_collections' messages span several)."""
+  return 'error: ' + ' '.join(str(message).split())
+
+
+def _load_config(value: str):
+  """The config of ``--config value`` (a file, ``:ARGS`` to ``get_config``).
+
+  Loaded as config_flags loads it, for the message of a flag it refused.
+  """
+  file, *args = value.split(':', 1)
+  spec = importlib.util.spec_from_file_location('_fds_config', file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)
+
+
+def _override_error(argv: list[str], e: Exception) -> str:
+  """What is wrong with ``argv``'s ``--config.<field>`` flags, given ``e``."""
+  value = _DEFAULT_CONFIG
+  fields = []
+  for i, arg in enumerate(argv[1:], 1):
+    if arg == '--':
+      break
+    if re.match(r'--?config=', arg):
+      value = arg.split('=', 1)[1]
+    elif re.match(r'--?config$', arg) and i + 1 < len(argv):
+      value = argv[i + 1]
+    elif re.match(r'--?(no)?config\.', arg):
+      fields.append(arg.split('=', 1)[0].split('.', 1)[1])
+  value = configs_lib.resolve(value)
+  try:
+    config = _load_config(value)
+    for field in fields:
+      error = configs_lib.field_error(config, field,
+                                      configs_lib.name_of(value))
+      if error:
+        return error
+  except Exception as load_error:  # pylint: disable=broad-except
+    return str(_config_error(load_error, value))
+  return f'--config: {type(e).__name__}: {e}'
+
+
+# Without --config, config_flags loads the default config and applies the
+# --config.<field> flags here, at its definition: an unknown field stops the
+# job here, with its error line.
+try:
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', _DEFAULT_CONFIG,
+      f'A task config\'s name ({", ".join(configs_lib.NAMES)}) or a config '
+      'file (default: mnist1d_large_mlp, MNIST-1D generated larger).',
+      lock_config=True)
+except Exception as e:  # pylint: disable=broad-except
+  raise SystemExit(_error_line(_override_error(sys.argv, e))) from None
+
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Output folder (default: workdir/<task>-<date-time>, new '
     'for every run; give it explicitly to --resume).')
@@ -114,12 +184,21 @@ def _config():
     return config
   except Exception as e:  # pylint: disable=broad-except
     # config_flags defers a bad --config file's error to the first access.
-    raise app.UsageError(f'--config: {e} (a task config is named by one of '
-                         f'{", ".join(configs_lib.NAMES)}, or a file)'
-                         ) from None
+    value = config_flags.get_config_filename(flags.FLAGS['config'])
+    raise _config_error(e, value) from None
 
 
 def main(argv):
+  try:
+    _main_checked(argv)
+  except app.UsageError as e:
+    # One line, not absl's usage text (the module docstring and every flag)
+    # before it.
+    raise SystemExit(_error_line(e)) from None
+
+
+def _main_checked(argv):
+  """``main``, a bad flag raising ``app.UsageError``."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   for handler in logging.getLogger().handlers + logging.getLogger(
@@ -146,7 +225,7 @@ def main(argv):
     if isinstance(e, SystemExit) and e.code in (None, 0):
       raise
     if isinstance(e, app.UsageError):
-      e = SystemExit(f'error: {e}')
+      e = SystemExit(_error_line(e))
     # Not through JAX's shutdown barrier: see dist_lib.exit_now.
     dist_lib.exit_now(e)
 
@@ -235,6 +314,19 @@ def _print_help(full: bool) -> None:
     print(flags.FLAGS.module_help(module))
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, a bad flag or config field one ``error:`` line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = f'{e} (--help lists the flags)'
+  except Exception as e:  # pylint: disable=broad-except
+    # config_flags lets a ConfigDict's error through: an unknown field's is
+    # an AttributeError or a KeyError naming only its last part.
+    message = _override_error(argv, e)
+  raise SystemExit(_error_line(message))
+
+
 def run(argv: list[str] | None = None):
   """Console-script entry point (``hypergrad-fds``)."""
   argv = sys.argv if argv is None else argv
@@ -242,7 +334,7 @@ def run(argv: list[str] | None = None):
   if asked:
     _print_help(full=any(a.startswith('--helpfull') for a in asked))
     sys.exit(0)
-  app.run(main, argv=_with_config_paths(argv))
+  app.run(main, argv=_with_config_paths(argv), flags_parser=_parse_flags)
 
 
 if __name__ == '__main__':

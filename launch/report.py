@@ -21,6 +21,7 @@ from hypergrad.experiments import distributed as dist_lib
 from hypergrad.experiments import fds as fds_lib
 from hypergrad.experiments import plotting
 from hypergrad.experiments import references
+from hypergrad.experiments import workdir as workdir_lib
 
 
 class RetrainDivergedError(RuntimeError):
@@ -79,17 +80,20 @@ def reference(task, steps: int, seeds, init_seed: int, default) -> dict:
 
 def plot(config, records, workdir, best, default_val_accuracy):
   """The run's plots: schedules, validation and the population's signs."""
-  plotting.plot_schedules(records, config.horizon,
-                          os.path.join(workdir, 'schedules.png'),
-                          final=best, title=f'FDS on {config.task}')
-  plotting.plot_validation(records, os.path.join(workdir, 'validation.png'),
-                           baseline=default_val_accuracy,
-                           title=f'FDS on {config.task}')
+  path = os.path.join(workdir, 'schedules.png')
+  with workdir_lib.writing(path):
+    plotting.plot_schedules(records, config.horizon, path, final=best,
+                            title=f'FDS on {config.task}')
+  path = os.path.join(workdir, 'validation.png')
+  with workdir_lib.writing(path):
+    plotting.plot_validation(records, path, baseline=default_val_accuracy,
+                             title=f'FDS on {config.task}')
   if config.population > 1:
-    plotting.plot_sign_agreement(
-        records, os.path.join(workdir, 'sign_agreement.png'),
-        threshold=config.min_agreement or None,
-        title=f'FDS on {config.task}: population of {config.population}')
+    path = os.path.join(workdir, 'sign_agreement.png')
+    with workdir_lib.writing(path):
+      plotting.plot_sign_agreement(
+          records, path, threshold=config.min_agreement or None,
+          title=f'FDS on {config.task}: population of {config.population}')
 
 
 def summarize(config, kinds, task, state, records, workdir, elapsed) -> dict:
@@ -141,7 +145,8 @@ def summarize(config, kinds, task, state, records, workdir, elapsed) -> dict:
       **ref,
   }
   if primary:
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+    path = os.path.join(workdir, 'summary.json')
+    with workdir_lib.writing(path), open(path, 'w') as f:
       json.dump(summary, f, indent=2)
   if summary['retrain_diverged']:
     raise RetrainDivergedError(

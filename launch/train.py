@@ -81,6 +81,7 @@ from hypergrad.experiments import distributed as dist_lib
 from hypergrad.experiments import fds as fds_lib
 from hypergrad.experiments import metrics as metrics_lib
 from hypergrad.experiments import tasks as tasks_lib
+from hypergrad.experiments import workdir as workdir_lib
 
 try:
   from . import hypergradients
@@ -128,6 +129,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     search.DivergenceError: the inner run diverges at the initial values.
     RetrainDivergedError: retraining with the learned schedule diverged (the
       summary is written first, with no test accuracy).
+    OSError: an output could not be written (a full disk, say); the message
+      names it.
   """
   kinds = validate_config(config)
   config_json = config.to_json(sort_keys=True)
@@ -196,8 +199,10 @@ class _OuterStepOutputs:
     self._extra, self._elapsed = extra, elapsed
     self._on_outer_step = on_outer_step
     primary = dist_lib.is_primary()
-    self._metrics = metrics_lib.MetricsWriter(workdir, records,
-                                              active=primary)
+    self._workdir = workdir
+    with self._writing_metrics():
+      self._metrics = metrics_lib.MetricsWriter(workdir, records,
+                                                active=primary)
     self._bar = tqdm_auto.tqdm(total=config.outer_steps,
                                initial=initial_step,
                                desc=f'FDS {config.task}',
@@ -216,7 +221,8 @@ class _OuterStepOutputs:
                           ckpt_lib.state_digest(state),
                           f'the outer state after outer step '
                           f'{record["outer_step"]}')
-    self._metrics.write(record)
+    with self._writing_metrics():
+      self._metrics.write(record)
     self._checkpointer.save(state, self._records,
                             {'config': self._config_json})
     self._bar.update(1)
@@ -226,6 +232,11 @@ class _OuterStepOutputs:
                  record['seconds'], _agreement_text(record, config))
     if self._on_outer_step is not None:
       self._on_outer_step(state, record)
+
+  def _writing_metrics(self):
+    # metrics.csv and the TensorBoard events, written by one call.
+    return workdir_lib.writing(self._workdir,
+                               'the metrics (metrics.csv, tensorboard/) in')
 
   def close(self):
     self._bar.close()

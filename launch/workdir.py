@@ -117,5 +117,6 @@ def restore(checkpointer, state, workdir, config_json):
 def write_config(workdir, config_json):
   """Records the run's config in ``workdir/config.json`` (process 0)."""
   if dist_lib.is_primary():
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    path = os.path.join(workdir, 'config.json')
+    with workdir_lib.writing(path), open(path, 'w') as f:
       f.write(config_json)

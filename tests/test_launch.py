@@ -1,6 +1,7 @@
 """The FDS job end to end on a shrunk config: outputs, resume, bad flags."""
 
 import csv
+import errno
 import json
 import os
 import shutil
@@ -185,6 +186,143 @@ def test_unwritable_workdir_is_one_line_error(tmp_path):
   assert proc.returncode != 0
   assert 'error: ' in proc.stderr and '/proc/hypergrad' in proc.stderr
   assert 'Traceback' not in proc.stderr
+
+
+# -- Bad input: one `error:` line, the last printed, before any compute ------
+
+# A run of `launch.fds` that stops at its first outer step's checkpoint.
+TINY = ['--config', 'digits_mlp', '--config.horizon=20',
+        '--config.outer_steps=1', '--config.intervals.lr=2',
+        '--config.retrain_inits=1']
+
+
+def _fds(*args, script=None):
+  """``python -m launch.fds ARGS`` (or ``python -c SCRIPT ARGS``)."""
+  head = ['-c', script] if script else ['-m', 'launch.fds']
+  return subprocess.run([sys.executable, *head, *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+def _error_line(proc) -> str:
+  """The job's `error:` line: its last, with no traceback or help before."""
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  lines = proc.stderr.strip().splitlines()
+  assert lines and lines[-1].startswith('error: '), proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  # absl's usage text: the module docstring and every flag.
+  assert 'hyperparameter optimisation' not in proc.stderr, proc.stderr[:500]
+  assert '--workdir: Output folder' not in proc.stderr
+  assert [l for l in lines if l.startswith('error')] == lines[-1:], lines
+  return lines[-1]
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--config.nonsense=1',
+     'error: --config.nonsense: no such field in config digits_mlp; fields: '
+     'aggregate, batch_size,'),
+    ('--config.lr_intervals=0',
+     'error: --config.lr_intervals: no such field in config digits_mlp; did '
+     'you mean --config.intervals.lr?'),
+    ('--config.intervals.lrr=3',
+     'error: --config.intervals.lrr: no such field in config digits_mlp; did '
+     'you mean --config.intervals.lr? fields of intervals: lr, momentum, '
+     'weight_decay.'),
+    ('--config.nonsense.deeper=1',
+     'error: --config.nonsense.deeper: no such field in config digits_mlp;'),
+    ('--config.horizon.x=1',
+     'error: --config.horizon.x: horizon is a value of config digits_mlp, not '
+     'a group of fields.'),
+])
+def test_unknown_config_field_is_one_error_line(flag, message, tmp_path):
+  proc = _fds(*TINY, flag, '--workdir', str(tmp_path / 'run'))
+  assert _error_line(proc).startswith(message)
+  assert not (tmp_path / 'run').exists()
+
+
+def test_unknown_field_of_the_default_config_is_named_with_it(tmp_path):
+  proc = _fds('--config.lr_intervals=0', '--workdir', str(tmp_path / 'run'))
+  assert _error_line(proc).startswith(
+      'error: --config.lr_intervals: no such field in config '
+      'mnist1d_large_mlp; did you mean --config.intervals.lr?')
+
+
+@pytest.mark.parametrize('flags, line', [
+    (['--config.horizon=0'],
+     'error: horizon must be a positive integer, got 0.'),
+    (['--config.outer_steps=-1'],
+     'error: outer_steps must be a positive integer, got -1.'),
+    (['--config.horizon=abc'],
+     "error: flag --config.horizon=abc: invalid literal for int() with base "
+     "10: 'abc' (--help lists the flags)"),
+    (['--config', 'no_such_config'],
+     'error: --config no_such_config: No such file or directory, and no task '
+     'config of that name'),
+    (['--no_such_flag'],
+     "error: Unknown command line flag 'no_such_flag' (--help lists the "
+     "flags)"),
+    (['stray'], "error: unexpected arguments: ['stray']"),
+])
+def test_bad_config_value_is_one_error_line_without_help(flags, line,
+                                                         tmp_path):
+  proc = _fds(*TINY, *flags, '--workdir', str(tmp_path / 'run'))
+  assert _error_line(proc).startswith(line)
+  assert not (tmp_path / 'run').exists()
+
+
+def test_workdir_that_is_a_file_is_refused(tmp_path):
+  file = tmp_path / 'x'
+  file.write_text('not a workdir')
+  with pytest.raises(train.ConfigError,
+                     match=f'--workdir {file} is a file, not a directory'):
+    train.train_and_evaluate(_tiny_config(), str(file))
+  with pytest.raises(train.ConfigError,
+                     match=f'--workdir {file}/run: {file} is a file'):
+    train.train_and_evaluate(_tiny_config(), str(file / 'run'))
+  assert file.read_text() == 'not a workdir'
+  proc = _fds(*TINY, '--workdir', str(file))
+  assert _error_line(proc) == (
+      f'error: --workdir {file} is a file, not a directory.')
+
+
+def test_write_error_names_the_path(tmp_path):
+  from hypergrad.experiments import workdir as workdir_lib
+  path = str(tmp_path / 'summary.json')
+  with pytest.raises(OSError) as info:
+    with workdir_lib.writing(path):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  assert str(info.value) == f'cannot write {path}: No space left on device'
+  assert info.value.errno == errno.ENOSPC
+  # An error that names its file already is left as it is.
+  error = FileNotFoundError(errno.ENOENT, 'No such file', path)
+  with pytest.raises(FileNotFoundError) as info:
+    with workdir_lib.writing(str(tmp_path)):
+      raise error
+  assert info.value is error
+
+
+# The launch job with its checkpoint seam (launch.workdir.on_checkpoint_write)
+# reporting a full disk when checkpoint 1 is created.
+_DISK_FULL = r'''
+import errno, os
+from launch import fds, workdir
+
+def full(phase, path):
+  if phase == 'created' and path.endswith(os.sep + '1'):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+workdir.on_checkpoint_write = full
+fds.run()
+'''
+
+
+def test_full_disk_names_the_checkpoint_being_written(tmp_path):
+  workdir = tmp_path / 'run'
+  proc = _fds(*TINY, '--workdir', str(workdir), script=_DISK_FULL)
+  assert _error_line(proc) == (
+      f'error: cannot write checkpoint {workdir}/checkpoints/1: No space left '
+      'on device')
+  assert not (workdir / 'summary.json').exists()
 
 
 def test_collapse_to_chance_reports_the_initial_schedule(tmp_path):

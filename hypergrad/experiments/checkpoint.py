@@ -11,6 +11,17 @@ Array data is checksummed by orbax's storage (tensorstore OCDBT); JSON has no
 checksum of its own, so the records carry a SHA-256 digest of their canonical
 JSON, checked on restore: a flipped digit in a record is refused too.
 
+A restore reads every stored value of the arrays once, one after the other,
+before orbax restores them: orbax reads all arrays at once, and when one read
+fails it closes its event loop with the others still in flight, whose
+completions then call back into the closed loop (``RuntimeError: Event loop
+is closed``, printed by tensorstore's threads after the refusal, up to the
+exit). Refused first, a corrupted checkpoint leaves nothing in flight.
+
+A checkpoint that cannot be written (a full disk) raises an ``OSError``
+naming its folder (``cannot write checkpoint .../3: No space left on
+device``).
+
 Several processes (``jax.distributed``): every process calls ``save`` and
 ``restore_latest`` on the same folder (a shared file system); orbax writes
 once, from process 0. The loop state is saved as host (numpy) arrays, which
@@ -33,11 +44,13 @@ import numpy as np
 from hypergrad._src import extras
 from hypergrad._src import schedule
 from hypergrad._src import search
+from hypergrad.experiments import workdir as workdir_lib
 
 extras.require('launch', 'orbax')
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from etils import epath  # noqa: E402  (an orbax dependency)
 import orbax.checkpoint as ocp  # noqa: E402
+import tensorstore as ts  # noqa: E402  (an orbax dependency)
 
 PyTree = Any
 
@@ -146,6 +159,35 @@ def _reporting_temporary_path(on_write: Callable[[str, str], None]):
   return ReportingTemporaryPath
 
 
+def _read_every_value(item: str) -> None:
+  """Reads each value of the array item ``item`` (an OCDBT database), in turn.
+
+  Each read is waited for before the next starts, so a failed one leaves
+  none in flight (see the module docstring). An item without readable
+  metadata, or not in OCDBT, is left to orbax, which refuses it before
+  reading any array.
+
+  Raises:
+    ValueError: tensorstore's, for the first value that cannot be read (a
+      data file truncated, deleted or failing its checksum); or none found
+      (the database's manifest gone).
+  """
+  try:
+    with open(os.path.join(item, '_METADATA')) as f:
+      if not json.load(f).get('use_ocdbt'):
+        return
+  except (OSError, ValueError, AttributeError):
+    return
+  store = ts.KvStore.open({'driver': 'ocdbt', 'base': {
+      'driver': 'file', 'path': item + os.sep}}).result()
+  keys = store.list().result()
+  if not keys:
+    raise ValueError(f'its array database {item} holds no values (its '
+                     'manifest.ocdbt is missing or empty)')
+  for key in keys:
+    store.read(key).result()
+
+
 class OuterCheckpointer:
   """Saves and restores the outer loop, keeping the last ``max_to_keep``.
 
@@ -195,17 +237,23 @@ class OuterCheckpointer:
     """Saves the loop state, the records so far and ``meta`` (e.g. the config).
 
     ``meta`` is covered by the records' SHA-256 digest too.
+
+    Raises:
+      OSError: the checkpoint could not be written (a full disk, say); its
+        message names the step's folder.
     """
     records = jsonable(records)
     meta = jsonable(meta or {})
-    self._manager.save(
-        state.step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_to_tree(state)),
-            records=ocp.args.JsonSave({'records': records, 'meta': meta,
-                                       'sha256': _digest([records, meta])})),
-        force=True)
-    self._manager.wait_until_finished()
+    folder = os.path.join(self.directory, str(state.step))
+    with workdir_lib.writing(folder, 'checkpoint'):
+      self._manager.save(
+          state.step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(_to_tree(state)),
+              records=ocp.args.JsonSave({'records': records, 'meta': meta,
+                                         'sha256': _digest([records, meta])})),
+          force=True)
+      self._manager.wait_until_finished()
 
   def restore_latest(self, template: search.OuterState, *,
                      with_meta: bool = False):
@@ -231,6 +279,8 @@ class OuterCheckpointer:
     # Host arrays in, host arrays out: no device sharding to agree on.
     abstract = _to_tree(template)
     try:
+      # Every value readable before orbax reads them all at once.
+      _read_every_value(os.path.join(folder, 'state'))
       # Host targets need no saved metadata to restore into, so check it
       # here: a checkpoint without it is not whole, or of another run.
       saved = ocp.StandardCheckpointHandler().metadata(

@@ -11,15 +11,20 @@ A run of several processes is locked by its process 0 alone; the lock file
 also holds a random token of the run (:attr:`WorkdirLock.token`), which the
 other processes read back (:func:`lock_token`) to check that they share
 process 0's workdir (the same path on a shared file system) and its run.
+
+:func:`writing` makes an ``OSError`` raised while writing an output name the
+file: a full disk's (``ENOSPC``, raised by ``write`` or ``close``) names none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import secrets
 import shutil
+from typing import Iterator
 
 # Everything a run writes; a folder holding any of these holds a run.
 OUTPUTS = ('config.json', 'metrics.csv', 'summary.json', 'schedules.png',
@@ -47,6 +52,7 @@ class WorkdirLock:
     self.token = None
 
   def acquire(self) -> WorkdirLock:
+    _check_not_a_file(self.workdir)
     self._created = not os.path.exists(self.workdir)
     try:
       os.makedirs(self.workdir, exist_ok=True)
@@ -92,6 +98,48 @@ class WorkdirLock:
 
   def __exit__(self, *exc):
     self.release()
+
+
+def _check_not_a_file(workdir: str) -> None:
+  """Refuses a workdir that is, or lies inside, a file.
+
+  ``os.makedirs`` would only say "File exists" or "Not a directory".
+  """
+  path = workdir
+  while not os.path.isdir(path):
+    if os.path.lexists(path):
+      where = '' if path == workdir else f': {path}'
+      raise WorkdirError(f'--workdir {workdir}{where} is a file, not a '
+                         'directory.')
+    parent = os.path.dirname(path)
+    if parent == path:
+      return
+    path = parent
+
+
+@contextlib.contextmanager
+def writing(path: str, what: str = '') -> Iterator[None]:
+  """Names ``path`` in an ``OSError`` raised inside, where it names no file.
+
+  A full disk (``ENOSPC``) or a failed device (``EIO``) is reported by the
+  ``write`` or ``close`` of a file, whose error names no path: the error
+  raised instead reads ``cannot write [what ]PATH: No space left on
+  device``, with the same ``errno``. An error that names its file already
+  (``open`` refused, say) goes through unchanged.
+
+  Args:
+    path: the file or folder being written.
+    what: what it is, before the path in the message (e.g. ``checkpoint``).
+  """
+  try:
+    yield
+  except OSError as e:
+    if e.filename is not None:
+      raise
+    error = OSError(f'cannot write {what + " " if what else ""}'
+                    f'{os.path.abspath(path)}: {e.strerror or e}')
+    error.errno = e.errno
+    raise error from e
 
 
 def lock_token(workdir: str) -> str | None:

@@ -7,7 +7,9 @@ installed; a path to a config file works too.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 
 DIR = os.path.dirname(os.path.abspath(__file__))
 # Every task config: the modules here but the shared base.
@@ -34,3 +36,61 @@ def resolve(value: str) -> str:
   if name in NAMES and not os.path.exists(value):
     return path(name) + colon + rest
   return value
+
+
+def name_of(value: str) -> str:
+  """The name of the config a ``--config`` value loads (else the value)."""
+  file = value.split(':', 1)[0]
+  base = os.path.basename(file)
+  if (os.path.dirname(os.path.abspath(file)) == DIR and base.endswith('.py')
+      and base[:-3] in NAMES):
+    return base[:-3]
+  return value
+
+
+def _paths(config, prefix: str = '') -> list[str]:
+  """Every field of ``config``, nested ones as ``group.field``."""
+  out = []
+  for key in config.keys():
+    out.append(prefix + key)
+    if hasattr(config[key], 'keys'):
+      out += _paths(config[key], f'{prefix}{key}.')
+  return out
+
+
+def _suggestion(field: str, config, group: str, node) -> str:
+  """`` did you mean --config.X?``: the field most like ``field``, if any.
+
+  A field of the same words in any order (``lr_intervals``:
+  ``intervals.lr``), else one of ``group``'s (``node``'s) fields spelled
+  like the unknown last part.
+  """
+  words = lambda path: sorted(re.split(r'[._]', path))
+  close = [p for p in _paths(config) if words(p) == words(field)]
+  if not close:
+    close = [f'{group}.{k}' if group else k for k in difflib.get_close_matches(
+        field.rsplit('.', 1)[-1], list(node.keys()), n=1, cutoff=0.7)]
+  return f' did you mean --config.{close[0]}?' if close else ''
+
+
+def field_error(config, field: str, name: str) -> str | None:
+  """Why ``--config.<field>`` names no field of ``config``; None if it does.
+
+  Args:
+    config: the loaded config (a ``ConfigDict``).
+    field: the override's dotted path, e.g. ``intervals.lr``.
+    name: the config's name, for the message.
+  """
+  node, parts = config, field.split('.')
+  for i, part in enumerate(parts):
+    group = '.'.join(parts[:i])
+    if not hasattr(node, 'keys'):
+      return (f'--config.{field}: {group} is a value of config {name}, not '
+              'a group of fields.')
+    if part not in node.keys():
+      fields = ', '.join(sorted(node.keys()))
+      return (f'--config.{field}: no such field in config {name};'
+              f'{_suggestion(".".join(parts[:i + 1]), config, group, node)} '
+              f'{"fields of " + group if group else "fields"}: {fields}.')
+    node = node[part]
+  return None
