@@ -25,6 +25,9 @@ only parses flags. Config fields (see ``launch/configs/base.py``):
   hypergradients and ``min_agreement`` (0: off) leaves a value whose sign
   agreement is below it in place (undecided); ``population_from``: outer
   steps before it run one inner run (0: the population from the start).
+* ``max_expansion``: a value whose hypergradient went through more than
+  this ``log10`` expansion of the inner dynamics is held in place for the
+  outer step (``docs/trust.md``; 0: off).
 * ``redraw_val``, ``fresh_init``: per-outer-step validation split and inner
   initialisation.
 * ``retrain_inits``: initialisations the learned and the default schedules
@@ -69,6 +72,7 @@ import time
 from typing import Any, Callable
 
 from absl import logging
+import jax
 import ml_collections
 import numpy as np
 from tqdm import auto as tqdm_auto
@@ -177,7 +181,8 @@ def _run(config, kinds, config_json, workdir, resume, on_outer_step):
         fn, hparams0, opt=opt, max_outer_steps=config.outer_steps,
         tol=config.tol,
         divergence_factor=config.get('divergence_factor', 0.0) or None,
-        collapse_loss=0.99 * task.chance_loss, state=state, callback=on_step)
+        collapse_loss=0.99 * task.chance_loss, state=state, callback=on_step,
+        max_expansion=config.get('max_expansion', 0.0) or None)
     on_step.close()
   finally:
     checkpointer.close()
@@ -226,10 +231,11 @@ class _OuterStepOutputs:
     self._checkpointer.save(state, self._records,
                             {'config': self._config_json})
     self._bar.update(1)
-    logging.info('outer step %d %s: val loss %.4f, val acc %.4f, %.1fs%s',
+    logging.info('outer step %d %s: val loss %.4f, val acc %.4f, %.1fs%s%s',
                  record['outer_step'], _status(record),
                  record['val_loss'], record['val_accuracy'],
-                 record['seconds'], _agreement_text(record, config))
+                 record['seconds'], _agreement_text(record, config),
+                 _trust_text(record))
     if self._on_outer_step is not None:
       self._on_outer_step(state, record)
 
@@ -247,6 +253,18 @@ def _status(record) -> str:
   if record['accepted']:
     return 'accepted'
   return f'REJECTED: {record["reason"]}; backing off'
+
+
+def _trust_text(record) -> str:
+  """`, expansion max X (k held)`: how far the step's hypergradient is trusted."""
+  expansion = record.get('expansion')
+  if not expansion:
+    return ''
+  values = np.concatenate([np.ravel(np.asarray(v, np.float64))
+                           for v in jax.tree.leaves(expansion)])
+  held = record.get('untrusted') or 0
+  return (f', expansion max {np.max(values):.1f}'
+          + (f' ({held} untrusted, held)' if held else ''))
 
 
 def _agreement_text(record, config) -> str:

@@ -92,6 +92,10 @@ def _check_population(config) -> None:
       0.0 <= config.min_agreement <= 1.0):
     raise ConfigError(f'min_agreement must be in [0, 1] (0: off), got '
                       f'{config.min_agreement!r}.')
+  expansion = config.get('max_expansion', 0.0)
+  if not validation.is_real(expansion) or not 0 <= expansion < math.inf:
+    raise ConfigError(f'max_expansion must be a finite number >= 0 (0: off), '
+                      f'got {expansion!r}.')
   factor = config.get('divergence_factor', 0.0)
   if not validation.is_real(factor) or not (factor == 0 or 1 < factor < math.inf):
     raise ConfigError('divergence_factor must be 0 (off) or a finite number '

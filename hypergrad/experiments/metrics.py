@@ -20,10 +20,14 @@ import time
 import numpy as np
 
 FIELDS = ('outer_step', 'accepted', 'reason', 'val_loss', 'val_accuracy',
-          'nonfinite_step', 'hypergrad_norm', 'seconds', 'inner_steps',
-          'wall_time')
-JSON_FIELDS = ('hparams', 'hypergrads', 'step_sizes', 'sign_agreement')
-SCALARS = ('val_loss', 'val_accuracy', 'hypergrad_norm', 'seconds')
+          'nonfinite_step', 'hypergrad_norm', 'untrusted', 'seconds',
+          'inner_steps', 'wall_time')
+# `expansion`: each value's trust measure (docs/trust.md); `check`: the
+# finite-difference check of the step, where the run asked for one.
+JSON_FIELDS = ('hparams', 'hypergrads', 'step_sizes', 'sign_agreement',
+               'expansion', 'check')
+SCALARS = ('val_loss', 'val_accuracy', 'hypergrad_norm', 'untrusted',
+           'seconds')
 
 
 class MetricsWriter:
@@ -70,7 +74,7 @@ class MetricsWriter:
       return
     scalars = [(k, r[k]) for k in SCALARS
                if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
-    for group in ('hparams', 'hypergrads', 'sign_agreement'):
+    for group in ('hparams', 'hypergrads', 'sign_agreement', 'expansion'):
       for kind, values in (r.get(group) or {}).items():
         for i, v in enumerate(np.ravel(values)):
           if group == 'hypergrads':

@@ -38,6 +38,7 @@ def get_base_config(task: str) -> ml_collections.ConfigDict:
   c.population = 1              # inner runs per outer step (vmapped)
   c.aggregate = 'median'        # mean | median | trimmed_mean | sign_vote
   c.min_agreement = 0.0         # sign agreement below it: no move; 0 = off
+  c.max_expansion = 2.0         # log10 expansion above it: held (docs/trust.md); 0 = off
   c.population_from = 0         # outer steps before it: one inner run
   c.checkpoint_every = 0        # reverse mode rematerialisation block; 0 = none
   c.chunk_size = 0              # forward mode: max tangents at once; 0 = all
