@@ -21,8 +21,8 @@ loss = lambda w: (w - 3.0) ** 2
 hparams = {'lr': hypergrad.constant(0.1, 2)}
 f_loss, f_grad = hypergrad.forward_hypergrad(step, loss, jnp.zeros(()),
                                              hparams, 20)
-r_loss, r_grad = hypergrad.reverse_hypergrad(step, loss, jnp.zeros(()),
-                                             hparams, 20, checkpoint_every=5)
+r_loss, r_grad, _ = hypergrad.reverse(checkpoint_every=5)(
+    step, loss, jnp.zeros(()), hparams, 20)
 assert jnp.allclose(f_grad['lr'], r_grad['lr'], rtol=1e-4), (f_grad, r_grad)
 method = hypergrad.hypergradient_descent(
     step, loss, meta_opt=hypergrad.meta_optimizer(0.01))

@@ -2,7 +2,7 @@ r"""Speed-up of splitting tangents or population members over devices.
 
 Forward mode with ``hypergrad.forward(mesh=...)`` runs the primal unroll on
 every device of the ``tangent`` axis, each with its share of the tangents;
-``population_hypergrad(..., mesh=...)`` gives each device of the ``member``
+``population(mesh=...)(...)`` gives each device of the ``member``
 axis its share of the members. On a CPU the devices are forced host devices
 (``--devices``, default 2: this machine's cores), so the figure is what the
 split gains from the cores XLA:CPU leaves idle in one program; on a GPU
@@ -75,10 +75,10 @@ def measure(devices: int, steps: int, lr_intervals, members: int,
   hp = common.fds_hparams(7)
   states = jax.tree.map(
       lambda x: jnp.stack([x] * members), state)
-  one = timed(lambda s, h: hypergrad.population_hypergrad(
+  one = timed(lambda s, h: hypergrad.population()(
       step_fn, loss_fn, s, h, steps).hypergrads, states, hp)
-  split = timed(lambda s, h: hypergrad.population_hypergrad(
-      step_fn, loss_fn, s, h, steps, mesh=member).hypergrads, states, hp)
+  split = timed(lambda s, h: hypergrad.population(mesh=member)(
+      step_fn, loss_fn, s, h, steps).hypergrads, states, hp)
   rows.append([f'population S={members}, K=9, members split', f'{one:.2f}',
                f'{split:.2f}', f'{one / split:.2f}'])
   return rows

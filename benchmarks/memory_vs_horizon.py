@@ -5,8 +5,8 @@ For the MLP 64-128-128-10 of ``benchmarks.common`` (SGD with momentum, batch
 decay: K = 9 values), at horizons T = 1e3, 3e3, 1e4:
 
 * forward:             ``forward_hypergrad`` (K tangents, memory flat in T);
-* reverse:             ``reverse_hypergrad`` (stores every step: linear in T);
-* reverse, sqrt ckpt:  ``reverse_hypergrad(checkpoint_every=round(sqrt(T)))``
+* reverse:             ``reverse()`` (stores every step: linear in T);
+* reverse, sqrt ckpt:  ``reverse(checkpoint_every=round(sqrt(T)))``
   (about 2 sqrt(T) stored steps).
 
 Memory is XLA's compiled account (arguments + outputs + temporaries - aliased,

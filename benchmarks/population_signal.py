@@ -5,7 +5,7 @@ intervals + momentum + weight decay: 9 values), members are inner runs with
 their own initialisation and batch order (``task.init_state(seed)``) and
 their own train/validation split (``task.split(seed)``).
 
-(a) Cost: wall time of ``hypergrad.population_hypergrad`` (all members
+(a) Cost: wall time of ``hypergrad.population()`` (all members
     vectorised in one program) at S = 1, 4, 8 against S separate
     ``forward_hypergrad`` calls on the same members, best of ``--repeats``
     after a warm-up (compilation excluded).
@@ -85,7 +85,7 @@ _MEMBER_BATCHES = flags.DEFINE_list(
     'them).')
 _POOL = flags.DEFINE_integer('pool', 48, 'Members per schedule in (b).')
 _POOL_BATCH = flags.DEFINE_integer(
-    'pool_batch', 8, 'Members per population_hypergrad call building the '
+    'pool_batch', 8, 'Members per population call building the '
     'pool.')
 _SIZES = flags.DEFINE_list('sizes', ['4', '8'], 'Population sizes in (b).')
 _DRAWS = flags.DEFINE_integer('draws', 1000,
@@ -149,9 +149,8 @@ def time_population(task, hparams, steps, sizes, member_batches, repeats,
     per = [jax.tree.map(lambda x, i=i: x[i], states) for i in range(s)]
 
     def population(batch):
-      return lambda: hypergrad.population_hypergrad(
-          step_fns, loss_fns, states, hparams, steps,
-          member_batch=batch).info.hypergrads
+      return lambda: hypergrad.population(member_batch=batch)(
+          step_fns, loss_fns, states, hparams, steps).info.hypergrads
 
     variants = {'one vmapped program': population(None)}
     for b in member_batches:
@@ -186,8 +185,7 @@ def member_pool(task, hparams, steps, num, batch, seed, log):
     seeds = range(seed + start, seed + min(start + batch, num))
     step_fns, loss_fns, states = members(task, seeds)
     t0 = time.perf_counter()
-    out = hypergrad.population_hypergrad(step_fns, loss_fns, states, hparams,
-                                         steps)
+    out = hypergrad.population()(step_fns, loss_fns, states, hparams, steps)
     bad = np.asarray(out.info.nonfinite_step)
     if (bad >= 0).any():
       raise FloatingPointError(f'members {list(seeds)} diverged: {bad}')

@@ -174,7 +174,7 @@ def hypergradient_accuracy(horizons, widths=(16, 32, 10), lr: float = 0.05):
         grads = {name: _flat(fn(step_fn, loss_fn, state, hps[dtype],
                                 steps)[1])
                  for name, fn in (('forward', hypergrad.forward_hypergrad),
-                                  ('reverse', hypergrad.reverse_hypergrad))}
+                                  ('reverse', hypergrad.reverse()))}
         agree = float(np.linalg.norm(grads['forward'] - grads['reverse'])
                       / np.linalg.norm(grads['reverse']))
         for name, g in grads.items():

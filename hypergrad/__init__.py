@@ -16,6 +16,7 @@ from hypergrad._src.auto import Auto
 from hypergrad._src.auto import AutoChoice
 from hypergrad._src.auto import ProbeTimes
 from hypergrad._src.auto import auto
+from hypergrad._src.chain import pytree_chain
 from hypergrad._src.estimator import Estimator
 from hypergrad._src.estimator import HypergradResult
 from hypergrad._src.finite_difference import HypergradCheck
@@ -26,60 +27,41 @@ from hypergrad._src.forward import forward
 from hypergrad._src.forward import forward_hypergrad
 from hypergrad._src.hd import hypergradient_descent
 from hypergrad._src.inner import SGD_HPARAMS
-from hypergrad._src.inner import OptaxState
 from hypergrad._src.inner import SGDState
 from hypergrad._src.inner import optax_init
 from hypergrad._src.inner import optax_step
 from hypergrad._src.inner import sgd_init
 from hypergrad._src.inner import sgd_momentum_step
 from hypergrad._src.losses import calibrated_cross_entropy
-from hypergrad._src.losses import optimal_temperature
 from hypergrad._src.online import SGD_BOUNDS
-from hypergrad._src.online import OnlineMethod
-from hypergrad._src.online import OnlineState
 from hypergrad._src.online import run_online
-from hypergrad._src.outer import ProjectState
-from hypergrad._src.outer import SignDescentState
-from hypergrad._src.outer import box
-from hypergrad._src.outer import meta_optimizer
-from hypergrad._src.outer import positive_definite
-from hypergrad._src.outer import project
-from hypergrad._src.outer import projection
-from hypergrad._src.outer import pytree_chain
-from hypergrad._src.outer import scale_by_kind
-from hypergrad._src.outer import scale_by_sign_descent
-from hypergrad._src.outer import settled
-from hypergrad._src.outer import sign_descent
-from hypergrad._src.outer import simplex
 from hypergrad._src.population import Population
 from hypergrad._src.population import PopulationStats
 from hypergrad._src.population import population
-from hypergrad._src.population import population_hypergrad
+from hypergrad._src.projections import box
+from hypergrad._src.projections import positive_definite
+from hypergrad._src.projections import projection
 from hypergrad._src.registry import OPTIMIZERS
-from hypergrad._src.registry import HParamSpec
-from hypergrad._src.registry import InnerOptimizerSpec
 from hypergrad._src.reverse import Reverse
 from hypergrad._src.reverse import reverse
-from hypergrad._src.reverse import reverse_hypergrad
 from hypergrad._src.rtho import rtho
 from hypergrad._src.schedule import ConstantLeaf
 from hypergrad._src.schedule import constant
 from hypergrad._src.schedule import constant_leaf
 from hypergrad._src.schedule import expand
 from hypergrad._src.schedule import hparams_at
-from hypergrad._src.schedule import interval_index
 from hypergrad._src.schedule import interval_starts
-from hypergrad._src.schedule import resample
 from hypergrad._src.search import DivergenceError
 from hypergrad._src.search import OuterState
 from hypergrad._src.search import init as outer_init
 from hypergrad._src.search import run as fds_search
+from hypergrad._src.search import settled
 from hypergrad._src.search import step as outer_step
+from hypergrad._src.transformations import meta_optimizer
+from hypergrad._src.transformations import scale_by_sign_descent
+from hypergrad._src.transformations import sign_descent
 from hypergrad._src.transforms import inverse_softplus
-from hypergrad._src.transforms import logit
 from hypergrad._src.transforms import reparametrize
-from hypergrad._src.transforms import sigmoid
-from hypergrad._src.transforms import softplus
 from hypergrad._src.truncated import truncated_greedy
 from hypergrad._src.unroll import Progress
 from hypergrad._src.unroll import UnrollInfo
@@ -94,26 +76,19 @@ __all__ = (
     'DivergenceError',
     'Estimator',
     'Forward',
-    'HParamSpec',
     'HypergradCheck',
     'HypergradResult',
-    'InnerOptimizerSpec',
     'OPTIMIZERS',
-    'OnlineMethod',
-    'OnlineState',
-    'OptaxState',
     'OuterState',
     'Population',
     'PopulationAggregate',
     'PopulationStats',
     'ProbeTimes',
     'Progress',
-    'ProjectState',
     'Reverse',
     'SGDState',
     'SGD_BOUNDS',
     'SGD_HPARAMS',
-    'SignDescentState',
     'UnrollInfo',
     '__version__',
     'aggregate_hypergrads',
@@ -130,37 +105,26 @@ __all__ = (
     'forward_hypergrad',
     'hparams_at',
     'hypergradient_descent',
-    'interval_index',
     'interval_starts',
     'inverse_softplus',
-    'logit',
     'meta_optimizer',
     'optax_init',
     'optax_step',
-    'optimal_temperature',
     'positive_definite',
     'outer_init',
     'outer_step',
     'population',
-    'population_hypergrad',
-    'project',
     'projection',
     'pytree_chain',
     'reparametrize',
-    'resample',
     'reverse',
-    'reverse_hypergrad',
     'rtho',
     'run_online',
-    'scale_by_kind',
     'scale_by_sign_descent',
     'settled',
     'sgd_init',
     'sgd_momentum_step',
-    'sigmoid',
     'sign_descent',
-    'simplex',
-    'softplus',
     'truncated_greedy',
     'unroll',
 )

@@ -78,7 +78,6 @@ import numpy as np
 from tqdm import auto as tqdm_auto
 
 import hypergrad
-from hypergrad._src import registry
 from hypergrad._src import search
 from hypergrad.experiments import checkpoint as ckpt_lib
 from hypergrad.experiments import distributed as dist_lib
@@ -98,7 +97,6 @@ except ImportError:  # run as a script, not as a package module
   import validation  # type: ignore
   import workdir as workdir_io  # type: ignore
 
-KINDS = registry.SGD.names
 # Named here as before: the config's checks (launch/validation.py) and the
 # report's error and printout (launch/report.py).
 ConfigError = validation.ConfigError

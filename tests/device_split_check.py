@@ -72,16 +72,17 @@ def main():
 
   states = jax.tree.map(
       lambda x: jnp.stack([x * (1.0 + 0.1 * i) for i in range(8)]), state)
-  ref = hypergrad.population_hypergrad(step_fn, loss_fn, states, hp, 120,
-                                       aggregate='median')
-  by_member = hypergrad.population_hypergrad(
-      step_fn, loss_fn, states, hp, 120, aggregate='median', mesh=member_mesh)
-  by_member_auto = hypergrad.population_hypergrad(
-      step_fn, loss_fn, states, hp, 120, aggregate='median',
-      mesh=jax.sharding.Mesh(np.array(jax.devices()), ('member',)))
-  by_tangent = hypergrad.population_hypergrad(
-      step_fn, loss_fn, states, hp, 120, aggregate='median',
-      estimator=hypergrad.forward(mesh=tangent_mesh))
+  ref = hypergrad.population(aggregate='median')(
+      step_fn, loss_fn, states, hp, 120)
+  by_member = hypergrad.population(aggregate='median', mesh=member_mesh)(
+      step_fn, loss_fn, states, hp, 120)
+  by_member_auto = hypergrad.population(
+      aggregate='median',
+      mesh=jax.sharding.Mesh(np.array(jax.devices()), ('member',)))(
+      step_fn, loss_fn, states, hp, 120)
+  by_tangent = hypergrad.population(
+      aggregate='median', estimator=hypergrad.forward(mesh=tangent_mesh))(
+      step_fn, loss_fn, states, hp, 120)
   out['population'] = {
       'members_split': _diff(ref.info.hypergrads, by_member.info.hypergrads),
       'members_split_aggregate': _diff(ref.hypergrads, by_member.hypergrads),
@@ -91,9 +92,8 @@ def main():
                               by_tangent.info.hypergrads),
   }
   try:
-    hypergrad.population_hypergrad(
-        step_fn, loss_fn, jax.tree.map(lambda x: x[:6], states), hp, 120,
-        mesh=member_mesh)
+    hypergrad.population(mesh=member_mesh)(
+        step_fn, loss_fn, jax.tree.map(lambda x: x[:6], states), hp, 120)
     out['uneven_error'] = ''
   except ValueError as e:
     out['uneven_error'] = str(e)

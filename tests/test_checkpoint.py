@@ -27,7 +27,6 @@ import numpy as np
 import pytest
 
 import hypergrad
-from hypergrad._src import search
 from hypergrad.experiments import checkpoint as ckpt_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,7 +226,7 @@ def _template():
   hparams = {'lr': hypergrad.constant(0.0, 2, jnp.float32),
              'momentum': hypergrad.constant(0.0, 1, jnp.float32),
              'weight_decay': hypergrad.constant(0.0, 1, jnp.float32)}
-  return search.init(hparams, hypergrad.sign_descent(
+  return hypergrad.outer_init(hparams, hypergrad.sign_descent(
       {'lr': 0.1, 'momentum': 0.1, 'weight_decay': 3e-4}))
 
 
@@ -418,8 +417,9 @@ def test_full_disk_names_the_checkpoint_folder(tmp_path):
 
 
 def test_restore_of_another_structure_refused(copy):
-  other = search.init({'lr': hypergrad.constant(0.0, 5, jnp.float32)},
-                      hypergrad.sign_descent({'lr': 0.1}))
+  other = hypergrad.outer_init(
+      {'lr': hypergrad.constant(0.0, 5, jnp.float32)},
+      hypergrad.sign_descent({'lr': 0.1}))
   with pytest.raises(ckpt_lib.CheckpointError, match='cannot be restored'):
     ckpt_lib.OuterCheckpointer(str(copy)).restore_latest(other)
 

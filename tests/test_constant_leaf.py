@@ -9,7 +9,6 @@ import pytest
 import hypergrad
 from hypergrad._src import forward as forward_lib
 from hypergrad._src import schedule
-from hypergrad._src import search
 
 N, T = 6, 30
 
@@ -90,8 +89,8 @@ def test_forward_equals_reverse_and_auto_reports_the_values():
 def test_population_aggregate_keeps_the_wrapper():
   step_fn, loss_fn, init, hparams = _problem()
   states = jax.tree.map(lambda x: jnp.stack([x, x + 0.1]), init)
-  result = hypergrad.population_hypergrad(
-      step_fn, loss_fn, states, hparams, T, estimator=hypergrad.reverse())
+  result = hypergrad.population(estimator=hypergrad.reverse())(
+      step_fn, loss_fn, states, hparams, T)
   assert result.hypergrads['weights'].value.shape == (N,)
   assert result.info.sign_agreement['coupling'].value.shape == (2, 2)
 
@@ -156,10 +155,17 @@ def _hyperclean_search(opt, steps, state=None):
                                 tol=0.0, state=state)
 
 
+def _simplex_rows(x):
+  """Each row onto the probability simplex: optax's projection, row by row."""
+  # optax's projection mixes int and float arrays: standard promotion.
+  with jax.numpy_dtype_promotion('standard'):
+    return jax.vmap(optax.projections.projection_simplex)(x)
+
+
 def _constrained_opt():
   return hypergrad.pytree_chain(optax.adam(0.05), hypergrad.projection({
       'weights': hypergrad.box(0.0, 1.0),
-      'coupling': hypergrad.simplex()}))
+      'coupling': _simplex_rows}))
 
 
 def test_outer_loop_with_adam_and_projections_stays_feasible_and_cleans():
@@ -187,7 +193,7 @@ def test_projection_of_another_shape_is_refused_at_init():
 
 
 def test_simplex_and_positive_definite_projections():
-  p = hypergrad.simplex()(jnp.array([[0.2, 0.3, 0.9], [-1.0, 2.0, 0.5]]))
+  p = _simplex_rows(jnp.array([[0.2, 0.3, 0.9], [-1.0, 2.0, 0.5]]))
   np.testing.assert_allclose(p, [[0.2 - 0.4 / 3, 0.3 - 0.4 / 3, 0.9 - 0.4 / 3],
                                  [0.0, 1.0, 0.0]],
                              atol=1e-12)
@@ -202,7 +208,7 @@ def test_simplex_and_positive_definite_projections():
 def test_reparametrised_constant_leaf():
   step_fn, loss_fn, init, hparams = _problem()
   raw_step = hypergrad.reparametrize(step_fn, {
-      'weights': hypergrad.sigmoid,
+      'weights': jax.nn.sigmoid,
       'coupling': lambda a: jax.nn.softmax(a, axis=-1)})
   raw = {**hparams, 'weights': hypergrad.constant_leaf(jnp.zeros(N)),
          'coupling': hypergrad.constant_leaf(jnp.zeros((2, 2)))}
@@ -250,8 +256,8 @@ def test_checkpoint_resume_of_a_constrained_search(tmp_path):
   ckpt = ckpt_lib.OuterCheckpointer(str(tmp_path / 'checkpoints'))
   ckpt.save(first, records)
   _, _, _, hparams = _problem()
-  template = search.init({'weights': hparams['weights'],
-                          'coupling': hparams['coupling']}, opt)
+  template = hypergrad.outer_init({'weights': hparams['weights'],
+                                   'coupling': hparams['coupling']}, opt)
   restored, restored_records = ckpt.restore_latest(template)
   ckpt.close()
   assert isinstance(restored.hparams['weights'], hypergrad.ConstantLeaf)

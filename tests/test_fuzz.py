@@ -63,8 +63,8 @@ def forward(hparams, num_steps, **kw):
 
 
 def reverse(hparams, num_steps, **kw):
-  return hypergrad.reverse_hypergrad(step_fn, loss_fn, W0, hparams, num_steps,
-                                     **kw)
+  return hypergrad.reverse(**kw)(step_fn, loss_fn, W0, hparams,
+                                 num_steps)[:2]
 
 
 ESTIMATORS = [forward, reverse]

@@ -189,10 +189,10 @@ class InterfaceTest(parameterized.TestCase):
   )
   def test_schedule_replays_the_run(self, make, starts_at_h0, has_tangents):
     method = make()
-    assert isinstance(method, hypergrad.OnlineMethod)
+    assert isinstance(method, online.OnlineMethod)
     state = method.init(_STATE, _H0)
     # One state type for every method; only RTHO fills the tangents.
-    assert type(state) is hypergrad.OnlineState
+    assert type(state) is online.OnlineState
     self.assertEqual(bool(jax.tree.leaves(state.tangents)), has_tangents)
     chex.assert_trees_all_equal_shapes_and_dtypes(
         state.hparams, jax.tree.map(lambda h: h[0], _H0))

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 import hypergrad
+from hypergrad._src import losses
 
 
 def _data(seed=0, n=64, classes=5, scale=3.0):
@@ -36,7 +37,7 @@ class CalibratedCrossEntropyTest(parameterized.TestCase):
     got = float(hypergrad.calibrated_cross_entropy(z, y))
     np.testing.assert_allclose(got, brute, rtol=1e-9)
     self.assertLessEqual(got, float(_xent(z, y)))
-    t = float(hypergrad.optimal_temperature(z, y))
+    t = float(losses.optimal_temperature(z, y))
     np.testing.assert_allclose(float(_xent(z / t, y)), got, rtol=1e-12)
 
   @parameterized.parameters(0.1, 0.5, 2.0, 20.0)
@@ -65,7 +66,7 @@ class CalibratedCrossEntropyTest(parameterized.TestCase):
     rng = (-7.0, 7.0)
     if at_bound:  # timid logits want beta* > 1 = e^0, the bound given
       z, rng = 0.1 * z, (-7.0, 0.0)
-      self.assertAlmostEqual(float(hypergrad.optimal_temperature(z, y, rng)),
+      self.assertAlmostEqual(float(losses.optimal_temperature(z, y, rng)),
                              1.0, places=12)
     f = jax.jit(lambda z: hypergrad.calibrated_cross_entropy(z, y, rng))
     direction = jax.random.normal(jax.random.PRNGKey(9), z.shape, z.dtype)
@@ -101,7 +102,7 @@ class CalibratedCrossEntropyTest(parameterized.TestCase):
          'weight_decay': jnp.array([1e-2], jnp.float64)}
     num_steps = 20
     _, fwd = hypergrad.forward_hypergrad(step_fn, loss_fn, w0, h, num_steps)
-    _, rev = hypergrad.reverse_hypergrad(step_fn, loss_fn, w0, h, num_steps)
+    _, rev, _ = hypergrad.reverse()(step_fn, loss_fn, w0, h, num_steps)
 
     run = jax.jit(lambda h: loss_fn(hypergrad.unroll(
         step_fn, w0, h, num_steps)))
@@ -146,5 +147,5 @@ class CalibratedCrossEntropyTest(parameterized.TestCase):
 
   def test_integer_logits_are_refused(self):
     with pytest.raises(ValueError, match='floating'):
-      hypergrad.optimal_temperature(jnp.zeros((4, 3), jnp.int32),
+      losses.optimal_temperature(jnp.zeros((4, 3), jnp.int32),
                                     jnp.zeros((4,), jnp.int32))

@@ -91,8 +91,8 @@ class EqualsPerMemberTest(parameterized.TestCase):
     x, y = _data()
     step_fn, loss_fn = _shared_fns(x, y)
     states = _states([0, 1, 2, 3])
-    loss, grads, stats = hypergrad.population_hypergrad(
-        step_fn, loss_fn, states, _HPARAMS, _T, estimator=estimator)
+    loss, grads, stats = hypergrad.population(estimator=estimator)(
+        step_fn, loss_fn, states, _HPARAMS, _T)
     losses, member = _per_member(estimator, [step_fn] * 4, [loss_fn] * 4,
                                  states, _HPARAMS, _T)
     chex.assert_trees_all_close(stats.losses, losses, rtol=1e-12)
@@ -112,7 +112,7 @@ class EqualsPerMemberTest(parameterized.TestCase):
     x, y = _data()
     step_fn, loss_fn = _shared_fns(x, y)
     states = _states([7])
-    loss, grads, stats = hypergrad.population_hypergrad(
+    loss, grads, stats = hypergrad.population()(
         step_fn, loss_fn, states, _HPARAMS, _T)
     ref_loss, ref = hypergrad.forward_hypergrad(
         step_fn, loss_fn, _member(states, 0), _HPARAMS, _T)
@@ -129,7 +129,7 @@ class EqualsPerMemberTest(parameterized.TestCase):
     step_fns = [Partial(_step, x, y, tr) for tr, _ in splits]
     loss_fns = [Partial(_val, x, y, va) for _, va in splits]
     states = _states([0, 1, 2])
-    loss, grads, stats = hypergrad.population_hypergrad(
+    loss, grads, stats = hypergrad.population()(
         step_fns, loss_fns, states, _HPARAMS, _T)
     losses, member = _per_member(hypergrad.forward(), step_fns, loss_fns,
                                  states, _HPARAMS, _T)
@@ -138,7 +138,7 @@ class EqualsPerMemberTest(parameterized.TestCase):
                                 atol=1e-15)
     chex.assert_trees_all_close(loss, jnp.mean(losses), rtol=1e-12)
     # Against the shared split: the splits really were used.
-    _, _, shared = hypergrad.population_hypergrad(
+    _, _, shared = hypergrad.population()(
         Partial(_step, x, y, splits[0][0]), Partial(_val, x, y, splits[0][1]),
         states, _HPARAMS, _T)
     assert not np.allclose(shared.losses[1:], stats.losses[1:])
@@ -155,10 +155,9 @@ class EqualsPerMemberTest(parameterized.TestCase):
     x, y = _data()
     step_fn, loss_fn = _shared_fns(x, y)
     states = _states([0, 1, 2, 3, 4])
-    vmapped = hypergrad.population_hypergrad(step_fn, loss_fn, states,
-                                             _HPARAMS, _T)
-    mapped = hypergrad.population_hypergrad(step_fn, loss_fn, states,
-                                            _HPARAMS, _T, member_batch=2)
+    vmapped = hypergrad.population()(step_fn, loss_fn, states, _HPARAMS, _T)
+    mapped = hypergrad.population(member_batch=2)(
+        step_fn, loss_fn, states, _HPARAMS, _T)
     chex.assert_trees_all_close(mapped.info.hypergrads,
                                 vmapped.info.hypergrads, rtol=1e-12,
                                 atol=1e-15)
@@ -167,9 +166,9 @@ class EqualsPerMemberTest(parameterized.TestCase):
     x, y = _data(dtype=jnp.float32)
     step_fn, loss_fn = _shared_fns(x, y)
     hparams = jax.tree.map(lambda h: h.astype(jnp.float32), _HPARAMS)
-    loss, grads, stats = hypergrad.population_hypergrad(
-        step_fn, loss_fn, _states([0, 1], dtype=jnp.float32), hparams, _T,
-        aggregate='trimmed_mean', min_agreement=0.5)
+    loss, grads, stats = hypergrad.population(
+        aggregate='trimmed_mean', min_agreement=0.5)(
+        step_fn, loss_fn, _states([0, 1], dtype=jnp.float32), hparams, _T)
     chex.assert_type(loss, jnp.float32)
     chex.assert_trees_all_equal_shapes_and_dtypes(grads, hparams)
     for field in ('mean', 'stderr', 'snr', 'sign_agreement'):
@@ -228,9 +227,8 @@ class AggregateTest(parameterized.TestCase):
     step_fn, loss_fn = _shared_fns(x, y)
     states = _states(range(5))
     for name in hypergrad.AGGREGATES:
-      _, grads, stats = hypergrad.population_hypergrad(
-          step_fn, loss_fn, states, _HPARAMS, _T, aggregate=name,
-          min_agreement=0.5)
+      _, grads, stats = hypergrad.population(aggregate=name, min_agreement=0.5)(
+          step_fn, loss_fn, states, _HPARAMS, _T)
       ref = hypergrad.aggregate_hypergrads(stats.hypergrads, name,
                                            min_agreement=0.5)
       chex.assert_trees_all_close(grads, ref.hypergrads, rtol=1e-12)
@@ -265,9 +263,8 @@ class AggregateTest(parameterized.TestCase):
     states = _states([0, 1, 2])
     for name, trim, agree in (('mean', 0.25, None), ('median', 0.1, 0.5),
                               ('trimmed_mean', 0.3, 0.9)):
-      hypergrad.population_hypergrad(step_fn, counted, states, _HPARAMS, _T,
-                                     aggregate=name, trim=trim,
-                                     min_agreement=agree)
+      hypergrad.population(aggregate=name, trim=trim, min_agreement=agree)(
+          step_fn, counted, states, _HPARAMS, _T)
 
 
 class CompilationAndMemoryTest(parameterized.TestCase):
@@ -282,9 +279,8 @@ class CompilationAndMemoryTest(parameterized.TestCase):
     losses = []
     for k, lr in enumerate((0.3, 0.2, 0.1)):
       hparams = {**_HPARAMS, 'lr': jnp.full((3,), lr)}
-      out = hypergrad.population_hypergrad(
-          step_fn, counted, _states([3 * k, 3 * k + 1, 3 * k + 2]), hparams,
-          _T)
+      out = hypergrad.population()(
+          step_fn, counted, _states([3 * k, 3 * k + 1, 3 * k + 2]), hparams, _T)
       losses.append(float(out.loss))
     assert len(set(losses)) == 3
 
@@ -300,8 +296,8 @@ class CompilationAndMemoryTest(parameterized.TestCase):
     counts, losses = [], []
     for k in range(3):
       loss_fns = [Partial(val, x, y, _split(3 * k + i)[1]) for i in range(3)]
-      out = hypergrad.population_hypergrad(step_fn, loss_fns, _states(range(3)),
-                                           _HPARAMS, _T)
+      out = hypergrad.population()(
+          step_fn, loss_fns, _states(range(3)), _HPARAMS, _T)
       counts.append(len(traces))
       losses.append(float(out.loss))
     assert counts[0] == counts[-1], counts
@@ -322,8 +318,8 @@ class CompilationAndMemoryTest(parameterized.TestCase):
                'momentum': jnp.full((1,), 0.5, jnp.float32)}
     states = {'w': jnp.ones((num_members, 32, 32), jnp.float32),
               'v': jnp.zeros((num_members, 32, 32), jnp.float32)}
-    f = jax.jit(lambda s, h: hypergrad.population_hypergrad(
-        step, loss, s, h, num_steps, estimator=estimator))
+    f = jax.jit(lambda s, h: hypergrad.population(estimator=estimator)(
+        step, loss, s, h, num_steps))
     m = f.lower(states, hparams).compile().memory_analysis()
     return m.temp_size_in_bytes + m.output_size_in_bytes
 
@@ -345,8 +341,8 @@ class CompilationAndMemoryTest(parameterized.TestCase):
       rng = np.random.RandomState(0)
       w = jnp.asarray(rng.randn(8, 32, 32), jnp.float32)
       step = lambda s, h, t: s - h['lr'] * jnp.tanh(s)
-      f = jax.jit(lambda s, h: hypergrad.population_hypergrad(
-          step, lambda s: jnp.mean(s ** 2), s, h, 50, member_batch=batch))
+      f = jax.jit(lambda s, h: hypergrad.population(member_batch=batch)(
+          step, lambda s: jnp.mean(s ** 2), s, h, 50))
       m = f.lower(w, {'lr': jnp.full((4,), 0.1, jnp.float32)}).compile()
       return m.memory_analysis().temp_size_in_bytes
 
@@ -389,9 +385,9 @@ class UndecidedTest(parameterized.TestCase):
   def test_signal_kept_and_noise_undecided(self, aggregate):
     signal = jnp.array([2.0, -2.0, 0.0, 0.0, 1.5, 0.0])
     step, loss, states, hparams, _ = _noisy_problem(signal, sigma=1.0)
-    _, grads, stats = hypergrad.population_hypergrad(
-        step, loss, states(64, 0), hparams, 20, aggregate=aggregate,
-        min_agreement=0.5)
+    _, grads, stats = hypergrad.population(aggregate=aggregate,
+                                           min_agreement=0.5)(
+        step, loss, states(64, 0), hparams, 20)
     g = np.asarray(grads['theta'][0])
     has_signal = np.asarray(signal) != 0
     # d loss / d theta = -kappa (signal + noise): the opposite sign.
@@ -408,8 +404,8 @@ class UndecidedTest(parameterized.TestCase):
     # about half the time, and even some signal values' signs.
     signal = jnp.array([0.5, 0.0] * 8)
     step, loss, states, hparams, _ = _noisy_problem(signal, sigma=1.0)
-    _, _, stats = hypergrad.population_hypergrad(step, loss, states(16, 1),
-                                                 hparams, 20)
+    _, _, stats = hypergrad.population()(
+        step, loss, states(16, 1), hparams, 20)
     signs = np.sign(np.asarray(stats.hypergrads['theta'][:, 0, 0::2]))
     assert 0.05 < np.mean(signs > 0) < 0.6  # correct sign is negative
 
@@ -420,8 +416,8 @@ class UndecidedTest(parameterized.TestCase):
     opt_state = opt.init(hparams)
     h = hparams
     for k in range(2):  # a new population each step, as the outer loop does
-      _, grads, stats = hypergrad.population_hypergrad(
-          step, loss, states(64, k), h, 20, min_agreement=0.5)
+      _, grads, stats = hypergrad.population(min_agreement=0.5)(
+          step, loss, states(64, k), h, 20)
       updates, opt_state = opt.update(grads, opt_state, h)
       new = optax.apply_updates(h, updates)
       moved = np.asarray(new['theta'][0] - h['theta'][0])
@@ -456,7 +452,7 @@ class NonFiniteTest(parameterized.TestCase):
   def test_diverging_member_is_located(self):
     step = lambda s, h, t: s * (1.0 + h['lr']) ** 8
     states = jnp.array([1.0, 1e300, 2.0])
-    out = hypergrad.population_hypergrad(
+    out = hypergrad.population()(
         step, lambda s: s ** 2, states, {'lr': jnp.array([0.5, 0.5])}, 40)
     steps = np.asarray(out.info.nonfinite_step)
     assert steps[0] == -1 and steps[2] == -1 and steps[1] >= 0
@@ -481,11 +477,12 @@ class BadInputTest(parameterized.TestCase):
     self.states = _states([0, 1])
 
   def _call(self, hparams=None, states=None, **kw):
-    return hypergrad.population_hypergrad(
-        kw.pop('step_fn', self.step_fn), kw.pop('loss_fn', self.loss_fn),
-        self.states if states is None else states,
-        _HPARAMS if hparams is None else hparams, kw.pop('num_steps', _T),
-        **kw)
+    step_fn = kw.pop('step_fn', self.step_fn)
+    loss_fn = kw.pop('loss_fn', self.loss_fn)
+    num_steps = kw.pop('num_steps', _T)
+    return hypergrad.population(**kw)(
+        step_fn, loss_fn, self.states if states is None else states,
+        _HPARAMS if hparams is None else hparams, num_steps)
 
   @parameterized.parameters(np.nan, np.inf, -np.inf)
   def test_nonfinite_hparams_refused(self, bad):
@@ -563,8 +560,8 @@ class EstimatorValueTest(parameterized.TestCase):
     out = est(step_fn, loss_fn, _states([0, 1, 2]), _HPARAMS, _T)
     assert isinstance(out, hypergrad.HypergradResult)
     assert isinstance(out.info, hypergrad.PopulationStats)
-    same = hypergrad.population_hypergrad(step_fn, loss_fn, _states([0, 1, 2]),
-                                          _HPARAMS, _T, aggregate='median')
+    same = hypergrad.population(aggregate='median')(
+        step_fn, loss_fn, _states([0, 1, 2]), _HPARAMS, _T)
     chex.assert_trees_all_close(out.hypergrads, same.hypergrads, rtol=0)
     # Equal options, equal values: one compilation key, hashable.
     assert est == hypergrad.population(aggregate='median')

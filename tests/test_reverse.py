@@ -16,8 +16,8 @@ def _assert_reverse_equals_forward(step_fn, loss_fn, state, hparams,
   loss, fwd = hypergrad.forward_hypergrad(step_fn, loss_fn, state, hparams,
                                           num_steps)
   for c in checkpoints:
-    rev_loss, rev = hypergrad.reverse_hypergrad(
-        step_fn, loss_fn, state, hparams, num_steps, checkpoint_every=c)
+    rev_loss, rev, _ = hypergrad.reverse(checkpoint_every=c)(
+        step_fn, loss_fn, state, hparams, num_steps)
     chex.assert_trees_all_equal_shapes_and_dtypes(rev, hparams)
     # Same float64 computation in a different order: round-off only.
     chex.assert_trees_all_close(rev_loss, loss, rtol=1e-12)
@@ -68,15 +68,15 @@ class CompilationTest(parameterized.TestCase):
     counted_loss = chex.assert_max_traces(loss_fn, n=2)
     for lr in (0.05, 0.07, 0.09):
       hparams = {'lr': jnp.full((3,), lr), 'momentum': jnp.array([0.5])}
-      hypergrad.reverse_hypergrad(step_fn, counted_loss, state, hparams, 20,
-                                  checkpoint_every=6)
+      hypergrad.reverse(checkpoint_every=6)(step_fn, counted_loss, state,
+                                            hparams, 20)
 
   def test_float32_stays_float32_and_under_jit(self):
     step_fn, loss_fn, state = helpers.sgd_problem(dtype=jnp.float32)
     hparams = {'lr': jnp.array([0.05, 0.1], jnp.float32),
                'momentum': jnp.array([0.5], jnp.float32)}
-    fn = jax.jit(lambda s, h: hypergrad.reverse_hypergrad(
-        step_fn, loss_fn, s, h, 12, checkpoint_every=5))
+    fn = jax.jit(lambda s, h: hypergrad.reverse(checkpoint_every=5)(
+        step_fn, loss_fn, s, h, 12)[:2])
     loss, grads = fn(state, hparams)
     chex.assert_type(loss, jnp.float32)
     chex.assert_trees_all_equal_dtypes(grads, hparams)
@@ -92,8 +92,8 @@ class MemoryTest(parameterized.TestCase):
     hparams = {'lr': jnp.full((4,), 0.05, jnp.float32)}
 
     def temp_bytes(num_steps, c):
-      f = jax.jit(lambda s, h: hypergrad.reverse_hypergrad(
-          step_fn, loss_fn, s, h, num_steps, checkpoint_every=c))
+      f = jax.jit(lambda s, h: hypergrad.reverse(checkpoint_every=c)(
+          step_fn, loss_fn, s, h, num_steps)[:2])
       return f.lower(state, hparams).compile().memory_analysis(
       ).temp_size_in_bytes
 
@@ -112,17 +112,16 @@ class BadInputTest(parameterized.TestCase):
     self.step_fn, self.loss_fn, self.state = helpers.sgd_problem()
 
   def _call(self, hparams, num_steps=10, **kw):
-    return hypergrad.reverse_hypergrad(self.step_fn, self.loss_fn, self.state,
-                                       hparams, num_steps, **kw)
+    return hypergrad.reverse(**kw)(self.step_fn, self.loss_fn, self.state,
+                                   hparams, num_steps)[:2]
 
   @parameterized.parameters(0, -4, 2.5, True, '3')
   def test_bad_checkpoint_every(self, c):
     def no_trace(*args):
       raise AssertionError('traced before validation')
     with pytest.raises(ValueError, match=f'checkpoint_every={c!r}'):
-      hypergrad.reverse_hypergrad(no_trace, no_trace, self.state,
-                                  {'lr': jnp.array([0.1])}, 10,
-                                  checkpoint_every=c)
+      hypergrad.reverse(checkpoint_every=c)(no_trace, no_trace, self.state,
+                                            {'lr': jnp.array([0.1])}, 10)
 
   def test_bad_num_steps(self):
     with pytest.raises(ValueError, match='num_steps=0'):
@@ -134,12 +133,12 @@ class BadInputTest(parameterized.TestCase):
 
   def test_step_fn_changing_structure(self):
     with pytest.raises(ValueError, match='same pytree structure'):
-      hypergrad.reverse_hypergrad(
+      hypergrad.reverse()(
           lambda s, h, t: self.step_fn(s, h, t).params, self.loss_fn,
           self.state, {'lr': jnp.array([0.1])}, 10)
 
   def test_non_scalar_loss(self):
     with pytest.raises(ValueError, match='real scalar'):
-      hypergrad.reverse_hypergrad(self.step_fn, lambda s: s.params['b'],
-                                  self.state, {'lr': jnp.array([0.1])}, 10)
+      hypergrad.reverse()(self.step_fn, lambda s: s.params['b'],
+                          self.state, {'lr': jnp.array([0.1])}, 10)
 

@@ -21,8 +21,6 @@ import numpy as np
 import pytest
 
 import hypergrad
-from hypergrad._src import schedule
-from hypergrad._src import search
 from hypergrad.experiments import checkpoint as ckpt_lib
 from hypergrad.experiments import tasks as tasks_lib
 from launch import hypergradients
@@ -60,16 +58,16 @@ def test_memory_flat_over_20_outer_steps(tmp_path):
   kinds = train.validate_config(config)
   task = tasks_lib.make_task(config.task, seed=config.seed,
                              val_fraction=config.val_fraction)
-  hparams0 = {k: schedule.constant(config.init[k], config.intervals[k],
-                                   task.dtype) for k in kinds}
+  hparams0 = {k: hypergrad.constant(config.init[k], config.intervals[k],
+                                    task.dtype) for k in kinds}
   opt = hypergrad.sign_descent({k: config.step_sizes[k] for k in kinds})
   fn, _ = hypergradients.make_hypergrad_fn(config, task)
   checkpointer = ckpt_lib.OuterCheckpointer(str(tmp_path / 'checkpoints'))
 
-  state, records, samples = search.init(hparams0, opt), [], []
+  state, records, samples = hypergrad.outer_init(hparams0, opt), [], []
   start = time.perf_counter()
   for _ in range(OUTER_STEPS):  # on past convergence: memory is the point
-    state, record = search.step(fn, opt, state, tol=config.tol)
+    state, record = hypergrad.outer_step(fn, opt, state, tol=config.tol)
     records.append(ckpt_lib.jsonable(record))
     checkpointer.save(state, records)
     samples.append(_sample())

@@ -84,9 +84,9 @@ def optimal_temperature(logits: jax.Array, labels: jax.Array,
     The scalar temperature :math:`1/\beta^*`, in the dtype of ``logits``.
 
   Example:
-    >>> import jax.numpy as jnp, hypergrad
+    >>> import jax.numpy as jnp
     >>> z = jnp.array([[4.0, 0.0], [0.0, 4.0], [4.0, 0.0]])
-    >>> t = hypergrad.optimal_temperature(z, jnp.array([0, 1, 1]))
+    >>> t = optimal_temperature(z, jnp.array([0, 1, 1]))
     >>> bool(t > 1.0)   # one of three confident answers is wrong: soften
     True
   """

@@ -1,6 +1,6 @@
 r"""Greedy (online) hyperparameter estimators behind one optax-like interface.
 
-The non-greedy estimators (``forward_hypergrad``, ``reverse_hypergrad``)
+The non-greedy estimators (``hypergrad.forward()``, ``hypergrad.reverse()``)
 differentiate a validation loss through a *whole* training run and are used by
 an outer loop over many runs. The greedy estimators here instead adapt the
 hyperparameters *during a single run*, from hypergradients over a short
@@ -71,9 +71,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hypergrad._src import outer
+from hypergrad._src import chain
 from hypergrad._src import registry
 from hypergrad._src import schedule
+from hypergrad._src import transformations
 from hypergrad._src import unroll as unroll_lib
 
 PyTree = Any
@@ -160,7 +161,7 @@ def check_meta_opt(meta_opt) -> optax.GradientTransformation:
       ``init`` / ``update`` pair); at construction, before any compute.
   """
   if meta_opt is None:
-    return outer.meta_optimizer(DEFAULT_META_LR)
+    return transformations.meta_optimizer(DEFAULT_META_LR)
   if not (callable(getattr(meta_opt, 'init', None))
           and callable(getattr(meta_opt, 'update', None))):
     hint = ''
@@ -229,7 +230,7 @@ def make_method(init_impl: Static, update_impl: Static, meta_opt, fns,
   configuration and functions, recompiles.
   """
   fns = tuple(None if f is None else unroll_lib.as_pytree_fn(f) for f in fns)
-  meta_opt = outer.as_pytree(meta_opt)
+  meta_opt = chain.as_pytree(meta_opt)
   return OnlineMethod(jax.tree_util.Partial(init_impl, meta_opt, *fns),
                       jax.tree_util.Partial(update_impl, meta_opt, *fns),
                       every, every_arg)

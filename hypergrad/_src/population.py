@@ -418,34 +418,3 @@ def population(estimator: estimator_lib.Estimator | None = None, *,
   return Population(forward_lib.forward() if estimator is None else estimator,
                     aggregate, trim, min_agreement, member_batch, mesh,
                     member_axis)
-
-
-def population_hypergrad(step_fn, loss_fn, init_states, hparams,
-                         num_steps: int, *,
-                         estimator: estimator_lib.Estimator | None = None,
-                         aggregate: str = 'mean', trim: float = 0.25,
-                         min_agreement: float | None = None,
-                         member_batch: int | None = None,
-                         mesh: jax.sharding.Mesh | None = None,
-                         member_axis: str = 'member'
-                         ) -> estimator_lib.HypergradResult:
-  """``population(estimator, ...)(step_fn, loss_fn, init_states, ...)``.
-
-  The functional form of :func:`hypergrad.population`; see there and
-  :meth:`Population.__call__` for the arguments. Returns a
-  :class:`hypergrad.HypergradResult` whose ``info`` is a
-  :class:`PopulationStats`.
-
-  Example:
-    >>> import jax.numpy as jnp, hypergrad
-    >>> step = lambda s, h, t: s - h['lr'] * (s - 1.0)
-    >>> loss, g, info = hypergrad.population_hypergrad(
-    ...     step, lambda s: s ** 2, jnp.zeros(3), {'lr': jnp.full((2,), 0.1)},
-    ...     20)
-    >>> g['lr'].shape, info.nonfinite_step.tolist()
-    ((2,), [-1, -1, -1])
-  """
-  return population(estimator, aggregate=aggregate, trim=trim,
-                    min_agreement=min_agreement, member_batch=member_batch,
-                    mesh=mesh, member_axis=member_axis)(
-                        step_fn, loss_fn, init_states, hparams, num_steps)

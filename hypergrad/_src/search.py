@@ -40,9 +40,10 @@ import optax
 
 from hypergrad._src import estimator as estimator_lib
 from hypergrad._src import finite_difference
-from hypergrad._src import outer
 from hypergrad._src import population as population_lib
+from hypergrad._src import projections
 from hypergrad._src import registry
+from hypergrad._src import transformations
 from hypergrad._src import validation
 
 PyTree = Any
@@ -150,7 +151,7 @@ def _default_opt(hparams) -> optax.GradientTransformation:
         f'{{name: step, ...}}) with a step for every name, or any optax '
         f'transformation such as hypergrad.pytree_chain(optax.adam(0.1), '
         f'hypergrad.projection({{name: hypergrad.box(0, 1)}})).')
-  return outer.sign_descent()
+  return transformations.sign_descent()
 
 
 def _as_result(out) -> tuple[Any, PyTree, Any]:
@@ -248,10 +249,55 @@ def _check_collapse(collapse_loss) -> None:
                      f'collapse_loss={collapse_loss!r}.')
 
 
+# ---------------------------------------------------------------------------
+# Convergence.
+
+
+def _find(state, cls):
+  """Every ``cls`` instance inside a (chained) optimiser state."""
+  if isinstance(state, cls):
+    return [state]
+  if isinstance(state, (tuple, list)):
+    return [s for part in state for s in _find(part, cls)]
+  return []
+
+
+def settled(updates: PyTree, hparams: PyTree, opt_state, tol: float = 0.05,
+            hypergrads: PyTree | None = None) -> bool:
+  """Whether the last outer update says the search has converged.
+
+  A value has settled when the update moved it, by less than ``tol`` times
+  its magnitude (for sign descent: its step is that small), when its
+  hypergradient was exactly zero (a stationary point), or when it is pinned
+  at a bound of its valid range (weight decay pushed below 0, say).
+  Converged when every value has. An update of exactly zero with a non-zero
+  hypergradient (an optimiser warming up, as Rprop's first step) settles
+  nothing.
+
+  Args:
+    updates: the last update applied, like ``hparams``.
+    hparams: the values after it.
+    opt_state: the optimiser's state (the clip to valid ranges inside
+      :func:`hypergrad.sign_descent` or :func:`hypergrad.meta_optimizer`, if
+      any, says which values are pinned).
+    tol: fraction of each value.
+    hypergrads: the hypergradients behind the update (None: unknown).
+  """
+  pinned = [p.pinned for p in _find(opt_state, projections.ProjectState)]
+  pinned = pinned[-1] if pinned else jax.tree.map(
+      lambda h: jnp.zeros(jnp.shape(h), bool), hparams)
+  if hypergrads is None:
+    hypergrads = jax.tree.map(jnp.ones_like, hparams)
+  checks = jax.tree.map(
+      lambda u, h, p, g: bool(jnp.all(
+          ((u != 0) & (jnp.abs(u) < tol * jnp.abs(h))) | (g == 0) | p)),
+      updates, hparams, pinned, hypergrads)
+  return all(jax.tree.leaves(checks))
+
+
 def _effective_step_sizes(state: OuterState):
   """Sign descent's current steps times the update scale, if it has steps."""
-  # pylint: disable-next=protected-access
-  found = outer._find(state.opt_state, outer.SignDescentState)
+  found = _find(state.opt_state, transformations.SignDescentState)
   if not found:
     return None
   return jax.tree.map(lambda s: s * state.update_scale, found[0].step_sizes)
@@ -370,7 +416,7 @@ def step(hypergrad_fn: HypergradFn, opt: optax.GradientTransformation,
     new = state._replace(
         hparams=hparams, last_good=state.hparams, opt_state=opt_state,
         step=state.step + 1,
-        converged=outer.settled(updates, hparams, opt_state, tol, grads),
+        converged=settled(updates, hparams, opt_state, tol, grads),
         initial_loss=initial_loss,
         best_hparams=state.hparams if better else state.best_hparams,
         best_loss=loss if better else state.best_loss,

@@ -1,8 +1,9 @@
 """Parametrisations that keep hyperparameters in their valid range.
 
 Learning in an unconstrained space is the user's choice, made explicit by
-wrapping the step: ``reparametrize(step_fn, {'lr': softplus})`` gives a step
-whose ``hparams_t['lr']`` is a raw value mapped through ``softplus`` before use.
+wrapping the step: ``reparametrize(step_fn, {'lr': jax.nn.softplus})`` gives a
+step whose ``hparams_t['lr']`` is a raw value mapped through ``softplus`` before
+use (``jax.nn.sigmoid`` and ``jax.scipy.special.logit`` for momentum).
 Hypergradients are then with respect to the raw values. Nothing here is applied
 behind the user's back.
 """
@@ -15,36 +16,10 @@ import jax
 import jax.numpy as jnp
 
 
-def softplus(x):
-  """``log(1 + exp(x))``: maps the real line to ``(0, inf)`` (learning rates)."""
-  return jax.nn.softplus(x)
-
-
 def inverse_softplus(y):
-  """Inverse of :func:`softplus` for ``y > 0``, stable for large ``y``."""
+  """Inverse of ``jax.nn.softplus`` for ``y > 0``, stable for large ``y``."""
   y = jnp.asarray(y)
   return y + jnp.log(-jnp.expm1(-y))
-
-
-def sigmoid(x):
-  """Maps the real line to ``(0, 1)`` (momentum)."""
-  return jax.nn.sigmoid(x)
-
-
-def logit(y):
-  """Inverse of :func:`sigmoid` for ``0 < y < 1``."""
-  y = jnp.asarray(y)
-  return jnp.log(y) - jnp.log1p(-y)
-
-
-def exp(x):
-  """Maps the real line to ``(0, inf)`` on a log scale (weight decay)."""
-  return jnp.exp(x)
-
-
-def log(y):
-  """Inverse of :func:`exp`."""
-  return jnp.log(y)
 
 
 def reparametrize(step_fn: Callable, transforms: Mapping[str, Callable]):
@@ -59,12 +34,12 @@ def reparametrize(step_fn: Callable, transforms: Mapping[str, Callable]):
     A step function of the same contract taking raw values.
 
   Example:
-    >>> import jax.numpy as jnp, hypergrad
+    >>> import jax, jax.numpy as jnp, hypergrad
     >>> step_fn = hypergrad.sgd_momentum_step(lambda w, t: jnp.sum(w ** 2))
     >>> raw_step = hypergrad.reparametrize(
-    ...     step_fn, {'lr': hypergrad.softplus, 'momentum': hypergrad.sigmoid})
+    ...     step_fn, {'lr': jax.nn.softplus, 'momentum': jax.nn.sigmoid})
     >>> raw = {'lr': hypergrad.inverse_softplus(hypergrad.constant(0.1, 7)),
-    ...        'momentum': hypergrad.logit(hypergrad.constant(0.9))}
+    ...        'momentum': jax.scipy.special.logit(hypergrad.constant(0.9))}
     >>> _, g = hypergrad.forward_hypergrad(   # d loss / d raw values
     ...     raw_step, lambda s: jnp.sum(s.params ** 2),
     ...     hypergrad.sgd_init(jnp.ones(2)), raw, 70)
@@ -81,9 +56,3 @@ def reparametrize(step_fn: Callable, transforms: Mapping[str, Callable]):
     return step_fn(state, mapped, t)
 
   return wrapped
-
-
-def apply(hparams: Mapping[str, Any], transforms: Mapping[str, Callable]):
-  """Maps a raw schedule pytree to constrained values (for logging)."""
-  return {k: jax.tree.map(transforms[k], v) if k in transforms else v
-          for k, v in hparams.items()}

@@ -68,10 +68,3 @@ def check_bounds(lo_hi, name: str) -> tuple[float, float]:
   if lo > hi:
     raise ValueError(f'{name} has lo > hi: {name}={lo_hi!r}.')
   return lo, hi
-
-
-def check_fraction(value, name: str) -> float:
-  """A real number strictly between 0 and 1."""
-  if not is_real(value) or not 0.0 < float(value) < 1.0:
-    raise ValueError(f'{name} must be in (0, 1), got {name}={value!r}.')
-  return float(value)

@@ -1,7 +1,6 @@
-"""The sign-based outer optimiser and the outer loop."""
+"""The outer loop: convergence, divergence back-off, the best evaluated values."""
 
 from absl.testing import parameterized
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +8,6 @@ import optax
 import pytest
 
 import hypergrad
-from hypergrad._src import search
 
 
 def _apply(opt, grads, state, h):
@@ -17,64 +15,7 @@ def _apply(opt, grads, state, h):
   return optax.apply_updates(h, updates), state, updates
 
 
-def _sign_state(state):
-  return state[0]
-
-
-class SignDescentTest(parameterized.TestCase):
-
-  def test_hand_made_sequence(self):
-    opt = hypergrad.sign_descent({'lr': 0.1, 'momentum': 0.2})
-    h = {'lr': jnp.array([0.5, 0.5]), 'momentum': jnp.array([0.5])}
-    state = opt.init(h)
-    seq = [  # (lr hypergrads, momentum hypergrad)
-        ([-1.0, 2.0], [3.0]),
-        ([-1.0, -2.0], [-3.0]),   # lr[1] and momentum flip: halve
-        ([5.0, -1.0], [1.0]),     # lr[0] flips now; momentum flips again
-        ([0.0, -1.0], [1.0]),     # zero: no move, no flip
-    ]
-    expected_lr = [[0.6, 0.4], [0.7, 0.45], [0.65, 0.5], [0.65, 0.55]]
-    expected_lr_steps = [[0.1, 0.1], [0.1, 0.05], [0.05, 0.05], [0.05, 0.05]]
-    expected_mom = [0.3, 0.4, 0.35, 0.3]
-    expected_mom_steps = [0.2, 0.1, 0.05, 0.05]
-    for i, (g_lr, g_mom) in enumerate(seq):
-      h, state, _ = _apply(opt, {'lr': jnp.array(g_lr),
-                                 'momentum': jnp.array(g_mom)}, state, h)
-      sign = _sign_state(state)
-      np.testing.assert_allclose(h['lr'], expected_lr[i], atol=1e-12)
-      np.testing.assert_allclose(sign.step_sizes['lr'], expected_lr_steps[i])
-      np.testing.assert_allclose(h['momentum'], [expected_mom[i]], atol=1e-12)
-      np.testing.assert_allclose(sign.step_sizes['momentum'],
-                                 [expected_mom_steps[i]])
-    self.assertEqual(int(_sign_state(state).count), 4)
-
-  def test_jitted_update_equals_eager(self):
-    opt = hypergrad.sign_descent({'lr': 0.1, 'momentum': 0.2})
-    h = {'lr': jnp.array([0.5, 0.5]), 'momentum': jnp.array([0.5])}
-    g = {'lr': jnp.array([-1.0, 2.0]), 'momentum': jnp.array([3.0])}
-    state = opt.init(h)
-    eager = opt.update(g, state, h)
-    jitted = jax.jit(opt.update)(g, state, h)
-    chex.assert_trees_all_close(eager, jitted)
-
-  def test_clipping_keeps_valid_range(self):
-    opt = hypergrad.sign_descent()
-    h = {'lr': jnp.array([0.05]), 'momentum': jnp.array([0.95]),
-         'weight_decay': jnp.array([1e-4])}
-    h, _, _ = _apply(opt, {'lr': jnp.array([1.0]),
-                           'momentum': jnp.array([-1.0]),
-                           'weight_decay': jnp.array([1.0])}, opt.init(h), h)
-    chex.assert_trees_all_close(h, {'lr': jnp.array([0.0]),
-                                    'momentum': jnp.array([0.999]),
-                                    'weight_decay': jnp.array([0.0])})
-
-  def test_composes_with_optax_chain(self):
-    # An extra optax transformation after sign descent: half-size steps.
-    opt = optax.chain(hypergrad.scale_by_sign_descent({'lr': 0.1}),
-                      optax.scale(0.5), hypergrad.project({'lr': (0.0, 1.0)}))
-    h = {'lr': jnp.array([0.5])}
-    h, _, _ = _apply(opt, {'lr': jnp.array([-3.0])}, opt.init(h), h)
-    np.testing.assert_allclose(h['lr'], [0.55])
+class SettledTest(parameterized.TestCase):
 
   def test_settled(self):
     h = {'lr': jnp.array([1.0, 3.0])}
@@ -102,32 +43,6 @@ class SignDescentTest(parameterized.TestCase):
     self.assertEqual(float(h['weight_decay'][0]), 0.0)
     self.assertTrue(hypergrad.settled(updates, h, state))
 
-  def test_bad_arguments(self):
-    with pytest.raises(ValueError, match='decay=1.5'):
-      hypergrad.sign_descent(decay=1.5)
-    with pytest.raises(ValueError, match=r"step_sizes\['lr'\]=-0.1"):
-      hypergrad.sign_descent({'lr': -0.1})
-    with pytest.raises(ValueError, match=r"missing \['gamma'\]"):
-      hypergrad.sign_descent().init({'gamma': jnp.ones(1)})
-    with pytest.raises(ValueError, match=r"bounds\['lr'\]"):
-      hypergrad.project({'lr': (1.0, 0.0)})
-
-  def test_step_sizes_are_traced_not_compiled_in(self):
-    traces = []
-
-    @jax.jit
-    def one_update(opt, h, g):
-      traces.append(1)
-      updates, _ = opt.update(g, opt.init(h), h)
-      return updates
-
-    h = {'lr': jnp.array([0.5])}
-    g = {'lr': jnp.array([-1.0])}
-    u1 = one_update(hypergrad.sign_descent({'lr': 0.1}), h, g)
-    u2 = one_update(hypergrad.sign_descent({'lr': 0.2}), h, g)
-    self.assertLen(traces, 1)
-    np.testing.assert_allclose([u1['lr'][0], u2['lr'][0]], [0.1, 0.2])
-
 
 def _quadratic(curvature=5.0, num_steps=10):
   """GD on 0.5 a w^2 from w=1: the best constant learning rate is 1/a."""
@@ -143,8 +58,9 @@ def _quadratic(curvature=5.0, num_steps=10):
 class SearchTest(parameterized.TestCase):
 
   def test_converges_to_known_best_learning_rate(self):
-    state, records = search.run(_quadratic(5.0), {'lr': jnp.array([0.03])},
-                                max_outer_steps=30, tol=0.05)
+    state, records = hypergrad.fds_search(
+        _quadratic(5.0), {'lr': jnp.array([0.03])}, max_outer_steps=30,
+        tol=0.05)
     self.assertTrue(state.converged)
     self.assertLess(len(records), 30)
     np.testing.assert_allclose(state.hparams['lr'], [0.2], atol=0.01)
@@ -160,9 +76,9 @@ class SearchTest(parameterized.TestCase):
   def test_any_optax_outer_optimizer(self, make_opt):
     # optax's adam and rprop mix int32 counts with floats internally.
     with jax.numpy_dtype_promotion('standard'):
-      state, records = search.run(_quadratic(5.0), {'lr': jnp.array([0.03])},
-                                  opt=make_opt(), max_outer_steps=40,
-                                  tol=1e-3)
+      state, records = hypergrad.fds_search(
+          _quadratic(5.0), {'lr': jnp.array([0.03])}, opt=make_opt(),
+          max_outer_steps=40, tol=1e-3)
     # Every one of them finds the best constant learning rate 1/a = 0.2.
     self.assertLess(records[-1]['val_loss'], records[0]['val_loss'])
     np.testing.assert_allclose(state.best_hparams['lr'], [0.2], atol=0.03)
@@ -171,13 +87,13 @@ class SearchTest(parameterized.TestCase):
     # lr above 2/a diverges; the loop must refuse the step and come back.
     fn = _quadratic(5.0, num_steps=1500)
     opt = hypergrad.sign_descent({'lr': 0.5})
-    state = search.init({'lr': jnp.array([0.02])}, opt)
+    state = hypergrad.outer_init({'lr': jnp.array([0.02])}, opt)
     # The hypergradient says increase lr towards 0.2; a step of 0.5 overshoots
     # to 0.52, where |1 - 0.52 a| = 1.6 and 1.6^1500 overflows.
-    state, rec = search.step(fn, opt, state)
+    state, rec = hypergrad.outer_step(fn, opt, state)
     self.assertTrue(rec['accepted'])
     np.testing.assert_allclose(state.hparams['lr'], [0.52])
-    state, rec = search.step(fn, opt, state)
+    state, rec = hypergrad.outer_step(fn, opt, state)
     self.assertFalse(rec['accepted'])
     self.assertFalse(np.isfinite(rec['val_loss']))
     np.testing.assert_allclose(state.hparams['lr'], [0.27])
@@ -192,12 +108,14 @@ class SearchTest(parameterized.TestCase):
     # but a run gone bad that must not be taken as a result.
     fn = _quadratic(5.0, num_steps=20)
     opt = hypergrad.sign_descent({'lr': 0.5})
-    state = search.init({'lr': jnp.array([0.02])}, opt)
-    state, rec = search.step(fn, opt, state, divergence_factor=factor)
+    state = hypergrad.outer_init({'lr': jnp.array([0.02])}, opt)
+    state, rec = hypergrad.outer_step(fn, opt, state,
+                                      divergence_factor=factor)
     self.assertTrue(rec['accepted'])
     first = rec['val_loss']
     self.assertAlmostEqual(state.initial_loss, first)
-    state, rec = search.step(fn, opt, state, divergence_factor=factor)
+    state, rec = hypergrad.outer_step(fn, opt, state,
+                                      divergence_factor=factor)
     self.assertTrue(np.isfinite(rec['val_loss']))
     self.assertGreater(rec['val_loss'], 1e6 * first)
     self.assertEqual(rec['accepted'], accepted)
@@ -208,8 +126,8 @@ class SearchTest(parameterized.TestCase):
   @parameterized.parameters(1.0, 0.5, -3.0, 'big', True)
   def test_bad_divergence_factor_is_named(self, factor):
     with pytest.raises(ValueError, match='divergence_factor='):
-      search.run(_quadratic(5.0), {'lr': jnp.array([0.03])},
-                 divergence_factor=factor)
+      hypergrad.fds_search(_quadratic(5.0), {'lr': jnp.array([0.03])},
+                           divergence_factor=factor)
 
   def test_divergence_at_start_raises_naming_the_inner_step(self):
     def fn(hparams, outer_step):
@@ -217,9 +135,9 @@ class SearchTest(parameterized.TestCase):
       return hypergrad.forward()(lambda w, h, t: w - h['lr'] * 5.0 * w,
                                  lambda w: w ** 2, jnp.float64(1.0), hparams,
                                  600)
-    with pytest.raises(search.DivergenceError,
+    with pytest.raises(hypergrad.DivergenceError,
                        match='initial.*from inner step [0-9]+'):
-      search.run(fn, {'lr': jnp.array([1.0])})
+      hypergrad.fds_search(fn, {'lr': jnp.array([1.0])})
 
   def test_collapse_to_chance_is_divergence(self):
     # Losses: 1.0 at the start, then 2.5 (at "chance", 2.3) with finite
@@ -229,8 +147,9 @@ class SearchTest(parameterized.TestCase):
       del outer_step
       return jnp.float64(next(losses)), {'lr': jnp.array([-1.0])}
     opt = hypergrad.sign_descent({'lr': 0.1})
-    state, records = search.run(fn, {'lr': jnp.array([0.1])}, opt=opt,
-                                max_outer_steps=2, collapse_loss=2.3)
+    state, records = hypergrad.fds_search(fn, {'lr': jnp.array([0.1])},
+                                          opt=opt, max_outer_steps=2,
+                                          collapse_loss=2.3)
     self.assertEqual([r['accepted'] for r in records], [True, False])
     self.assertIn('chance', records[1]['reason'])
     np.testing.assert_allclose(state.best_hparams['lr'], [0.1])
