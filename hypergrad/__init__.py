@@ -19,6 +19,8 @@ from hypergrad._src.auto import auto
 from hypergrad._src.chain import pytree_chain
 from hypergrad._src.estimator import Estimator
 from hypergrad._src.estimator import HypergradResult
+from hypergrad._src.family import WarmupDecay
+from hypergrad._src.family import warmup_decay
 from hypergrad._src.finite_difference import HypergradCheck
 from hypergrad._src.finite_difference import check_hypergrad
 from hypergrad._src.finite_difference import finite_difference
@@ -90,6 +92,7 @@ __all__ = (
     'SGD_BOUNDS',
     'SGD_HPARAMS',
     'UnrollInfo',
+    'WarmupDecay',
     '__version__',
     'aggregate_hypergrads',
     'auto',
@@ -127,4 +130,5 @@ __all__ = (
     'sign_descent',
     'truncated_greedy',
     'unroll',
+    'warmup_decay',
 )

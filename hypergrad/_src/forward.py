@@ -101,6 +101,31 @@ def directions(hparams: PyTree, num_steps: int,
   return sorted(out, key=lambda d: (d.start, d.flat))
 
 
+def _has_family(hparams) -> bool:
+  return any(schedule.is_family(x) for x in
+             jax.tree.leaves(hparams, is_leaf=schedule.is_family))
+
+
+def _family_direction(hparams, t, num_steps, onehot, interval):
+  """``d h_t`` along one value of ``hparams`` (a pytree like ``h_t``).
+
+  Where a schedule family computes ``h_t`` from its parameters, the value's
+  direction reaches ``h_t`` through the family's derivative: a ``jvp`` of
+  :func:`schedule.hparams_at`. (Plain schedules take the cheaper masked
+  one-hot, the same numbers.)
+
+  Args:
+    onehot: per hparams leaf, ``leaf.shape[1:]``: 1 at the value's entry.
+    interval: the value's interval (traced int32).
+  """
+  leaves, treedef = jax.tree.flatten(hparams)
+  tangent = jax.tree.unflatten(treedef, [
+      jnp.zeros_like(h).at[interval].set(o.astype(h.dtype), mode='drop')
+      for h, o in zip(leaves, onehot)])
+  return jax.jvp(lambda hp: schedule.hparams_at(hp, t, num_steps),
+                 (hparams,), (tangent,))[1]
+
+
 class _Rows(NamedTuple):
   """The tangents of one chunk, described by arrays (one row per tangent).
 
@@ -176,6 +201,7 @@ def _batch_unroll(step_fn, init_state, hparams, num_steps, rows, segments,
   """
   report = unroll_lib.progress_reporter(progress, num_steps)
   h_leaves, h_def = jax.tree.flatten(hparams)
+  families = _has_family(hparams)
   split = unroll_lib.split_state(init_state)
   step, _ = tangents_lib.step_pieces(step_fn, split)
 
@@ -194,11 +220,15 @@ def _batch_unroll(step_fn, init_state, hparams, num_steps, rows, segments,
       diff, rest, tangents, t, bad, probe = carry
       report(t)
       h_t = schedule.hparams_at(hparams, t, num_steps)
-      # A row's value moves h_t only while its own interval is in force.
-      dh = jax.tree.unflatten(h_def, [
-          o * shaped(interval == schedule.interval_index(
-              t, h.shape[0], num_steps), o).astype(o.dtype)
-          for o, h in zip(onehot, h_leaves)])
+      if families:
+        dh = jax.vmap(lambda o, i: _family_direction(
+            hparams, t, num_steps, o, i))(onehot, interval)
+      else:
+        # A row's value moves h_t only while its own interval is in force.
+        dh = jax.tree.unflatten(h_def, [
+            o * shaped(interval == schedule.interval_index(
+                t, h.shape[0], num_steps), o).astype(o.dtype)
+            for o, h in zip(onehot, h_leaves)])
       if late:
         on = start < t
         tangents = [jnp.where(shaped(on, z), z, 0) for z in tangents]
@@ -277,6 +307,7 @@ def _rows_unroll(step_fn, init_state, hparams, num_steps, rows,
   """
   report = unroll_lib.progress_reporter(progress, num_steps)
   h_leaves, h_def = jax.tree.flatten(hparams)
+  families = _has_family(hparams)
   split = unroll_lib.split_state(init_state)
   step, _ = tangents_lib.step_pieces(step_fn, split)
 
@@ -298,6 +329,11 @@ def _rows_unroll(step_fn, init_state, hparams, num_steps, rows,
 
     def direction(i):
       on = jax.lax.dynamic_index_in_dim(rows.interval, i, keepdims=False)
+      if families:
+        return _family_direction(
+            hparams, t, num_steps,
+            [jax.lax.dynamic_index_in_dim(o, i, keepdims=False)
+             for o in rows.onehot], on)
       return jax.tree.unflatten(h_def, [
           jax.lax.dynamic_index_in_dim(o, i, keepdims=False)
           * (on == c).astype(o.dtype) for o, c in zip(rows.onehot, now)])

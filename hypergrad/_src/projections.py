@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from hypergrad._src import registry
+from hypergrad._src import schedule
 from hypergrad._src import validation
 
 PyTree = Any
@@ -59,7 +60,9 @@ class _ProjectUpdate(NamedTuple):
       unbounded = (-math.inf, math.inf)
       per_leaf = {}
       for k, p in params.items():
-        b = by_name.get(k, unbounded)
+        # A schedule family's parameters live on log / logit scales: a
+        # kind's valid range bounds its values, not them.
+        b = unbounded if schedule.is_family(p) else by_name.get(k, unbounded)
         per_leaf[k] = jax.tree.map(lambda _, b=b: b, p)
     else:
       per_leaf = jax.tree.map(lambda _: self.bounds, params)

@@ -54,6 +54,15 @@ class ConstantLeaf:
   value: Any
 
 
+def is_family(x) -> bool:
+  """Whether ``x`` is a schedule family node (:func:`hypergrad.warmup_decay`)."""
+  return getattr(x, 'is_schedule_family', False) is True
+
+
+def _per_step_node(x) -> bool:
+  return is_constant_leaf(x) or is_family(x)
+
+
 def is_constant_leaf(x) -> bool:
   """Whether ``x`` is a :class:`ConstantLeaf` (an ``is_leaf`` predicate)."""
   return isinstance(x, ConstantLeaf)
@@ -156,12 +165,16 @@ def hparams_at(hparams: PyTree, t, num_steps: int) -> PyTree:
   Returns:
     The same pytree with each leaf's leading axis indexed at
     ``(t * n) // T``: leaves of shape ``(...)``; a :class:`ConstantLeaf`
-    becomes its ``value`` (no wrapper: the step sees a plain array).
+    becomes its ``value`` (no wrapper: the step sees a plain array), a
+    schedule family its value at ``t``.
   """
-  return jax.tree.map(
-      lambda h: h.value if is_constant_leaf(h)
-      else h[interval_index(t, h.shape[0], num_steps)], hparams,
-      is_leaf=is_constant_leaf)
+  def at(h):
+    if is_constant_leaf(h):
+      return h.value
+    if is_family(h):
+      return h.at(t, num_steps)
+    return h[interval_index(t, h.shape[0], num_steps)]
+  return jax.tree.map(at, hparams, is_leaf=_per_step_node)
 
 
 def expand(hparams: PyTree, num_steps: int) -> PyTree:
@@ -171,10 +184,14 @@ def expand(hparams: PyTree, num_steps: int) -> PyTree:
   A :class:`ConstantLeaf` has no time axis and is returned as it is.
   """
   t = np.arange(num_steps)
-  return jax.tree.map(
-      lambda h: h if is_constant_leaf(h)
-      else jnp.asarray(h)[interval_index(t, h.shape[0], num_steps)],
-      hparams, is_leaf=is_constant_leaf)
+
+  def per_step(h):
+    if is_constant_leaf(h):
+      return h
+    if is_family(h):
+      return h.at(jnp.asarray(t, jnp.int32), num_steps)
+    return jnp.asarray(h)[interval_index(t, h.shape[0], num_steps)]
+  return jax.tree.map(per_step, hparams, is_leaf=_per_step_node)
 
 
 def constant(value, n: int = 1, dtype=None) -> jax.Array:

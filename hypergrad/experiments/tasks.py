@@ -313,10 +313,14 @@ class Task:
       if name not in inner.SGD_HPARAMS:
         raise ValueError(f'hparams[{name!r}]: task {self.name!r} learns only '
                          f'{list(inner.SGD_HPARAMS)}.')
+      if schedule.is_family(leaf):
+        continue
       if not hasattr(leaf, 'shape') or len(leaf.shape) != 1:
         raise ValueError(f"hparams[{name!r}] must have shape (n,), one value "
-                         f'per interval; got {getattr(leaf, "shape", leaf)}.')
-    return {k: jnp.asarray(v).astype(self.dtype) for k, v in hparams.items()}
+                         f'per interval, or be a schedule family; got '
+                         f'{getattr(leaf, "shape", leaf)}.')
+    return {k: jax.tree.map(lambda x: jnp.asarray(x).astype(self.dtype), v)
+            for k, v in hparams.items()}
 
   def evaluate(self, state: TaskState, split: str = 'test',
                indices: Split | None = None) -> dict:
