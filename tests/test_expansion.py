@@ -76,8 +76,11 @@ def test_forward_and_reverse_measure_the_same_expansion_to_a_decade(digits):
   step_fn, loss_fn, state, _ = digits
   fwd = hypergrad.forward()(step_fn, loss_fn, state, _hparams(6.0), T)
   rev = hypergrad.reverse()(step_fn, loss_fn, state, _hparams(6.0), T)
-  np.testing.assert_allclose(fwd.info.expansion['lr'],
-                             rev.info.expansion['lr'], atol=1.1)
+  # Two estimates of one chaotic run's expansion (a random state direction
+  # forward, the loss's adjoint backward): the same decades, not digits.
+  f, r = np.asarray(fwd.info.expansion['lr']), np.asarray(rev.info.expansion['lr'])
+  assert f[0] > 10 and r[0] > 10
+  np.testing.assert_allclose(f, r, atol=2.0)
 
 
 def test_a_contracting_run_has_negative_expansion_and_chunks_agree():
