@@ -18,6 +18,7 @@ Writes ``benchmarks/results/warm_start<tag>.md`` and ``.json``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -33,23 +34,6 @@ import hypergrad
 from hypergrad.experiments import fds as fds_lib
 from hypergrad.experiments import references
 from hypergrad.experiments import tasks as tasks_lib
-
-_TASK = flags.DEFINE_string('task', 'mnist1d_large_mlp', 'Task name.')
-_HORIZON = flags.DEFINE_integer('horizon', 1000, 'Inner steps T.')
-_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2', '3'], 'Seeds.')
-_INTERVALS = flags.DEFINE_integer('intervals', 5,
-                                  'Residual intervals of the family.')
-_OUTER = flags.DEFINE_integer('outer_steps', 8, 'Outer steps.')
-_LR_STEP = flags.DEFINE_float('lr_step', 0.1,
-                              'Sign-descent step of the family parameters '
-                              '(log / logit scale).')
-_POPULATION = flags.DEFINE_integer('population', 4, 'Inner runs per step.')
-_MAX_EXPANSION = flags.DEFINE_float(
-    'max_expansion', 0.0, 'Hold values above this expansion (0: off).')
-_RETRAINS = flags.DEFINE_integer('retrains', 3, 'Retrain initialisations.')
-_TAG = flags.DEFINE_string('tag', '', 'Suffix of the result files.')
-_OUT = flags.DEFINE_string('out', os.path.join('benchmarks', 'results'),
-                           'Folder of the result files.')
 
 
 def _test_accuracy(task, hparams, steps, seeds):
@@ -129,38 +113,63 @@ def table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-def main(argv):
+def _define_flags() -> dict:
+  # Defined when run as a script only: importing the module (its test, the
+  # HPO table's process) defines no flags that could clash.
+  return {
+      'task': flags.DEFINE_string('task', 'mnist1d_large_mlp', 'Task name.'),
+      'horizon': flags.DEFINE_integer('horizon', 1000, 'Inner steps T.'),
+      'seeds': flags.DEFINE_list('seeds', ['0', '1', '2', '3'], 'Seeds.'),
+      'intervals': flags.DEFINE_integer(
+          'intervals', 5, 'Residual intervals of the family.'),
+      'outer_steps': flags.DEFINE_integer('outer_steps', 8, 'Outer steps.'),
+      'lr_step': flags.DEFINE_float(
+          'lr_step', 0.1, 'Sign-descent step of the family parameters '
+          '(log / logit scale).'),
+      'population': flags.DEFINE_integer('population', 4,
+                                         'Inner runs per step.'),
+      'max_expansion': flags.DEFINE_float(
+          'max_expansion', 0.0, 'Hold values above this expansion (0: off).'),
+      'retrains': flags.DEFINE_integer('retrains', 3,
+                                       'Retrain initialisations.'),
+      'tag': flags.DEFINE_string('tag', '', 'Suffix of the result files.'),
+      'out': flags.DEFINE_string('out', os.path.join('benchmarks', 'results'),
+                                 'Folder of the result files.'),
+  }
+
+
+def write(rows: list[dict], out: str, title: str, command: str) -> str:
+  """The table, to ``<out>.md`` (with its command) and the rows to ``<out>.json``."""
+  text = table(rows)
+  os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
+  with open(out + '.md', 'w') as f:
+    f.write(f'# {title}\n\n`{command}`\n\n{text}\n')
+  with open(out + '.json', 'w') as f:
+    json.dump(rows, f, indent=1)
+  return text
+
+
+def main(argv, f):
   del argv
-  task = tasks_lib.make_task(_TASK.value)
+  v = {k: x.value for k, x in f.items()}
+  task = tasks_lib.make_task(v['task'])
   rows = []
-  for seed in _SEEDS.value:
-    rows.append(run_seed(task, int(seed), _HORIZON.value, _INTERVALS.value,
-                         _OUTER.value, _LR_STEP.value, _POPULATION.value,
-                         _MAX_EXPANSION.value or None, _RETRAINS.value))
+  for seed in v['seeds']:
+    rows.append(run_seed(task, int(seed), v['horizon'], v['intervals'],
+                         v['outer_steps'], v['lr_step'], v['population'],
+                         v['max_expansion'] or None, v['retrains']))
     print(json.dumps({k: rows[-1][k] for k in ('seed', 'learned',
                                                'reference', 'gain')}),
           flush=True)
-  write(rows)
-
-
-def write(rows: list[dict]) -> None:
-  """The table to stdout and ``<out>/warm_start<tag>.{md,json}``."""
-  text = table(rows)
-  print(text)
-  os.makedirs(_OUT.value, exist_ok=True)
-  base = os.path.join(_OUT.value, f'warm_start{_TAG.value}')
-  command = ('python -m benchmarks.warm_start ' + ' '.join(
-      f'--{f.name}={f.value}' for f in (_TASK, _HORIZON, _INTERVALS, _OUTER,
-                                        _LR_STEP, _POPULATION,
-                                        _MAX_EXPANSION, _RETRAINS)))
-  with open(base + '.md', 'w') as f:
-    f.write(f'# Warm start from the recipe ({_TASK.value}, T = '
-            f'{_HORIZON.value})\n\n`{command} --seeds '
-            f'{",".join(_SEEDS.value)}`\n\n{text}\n')
-  with open(base + '.json', 'w') as f:
-    json.dump(rows, f, indent=1)
+  command = 'python -m benchmarks.warm_start ' + ' '.join(
+      f'--{k}={",".join(x) if isinstance(x, list) else x}'
+      for k, x in v.items() if k not in ('tag', 'out'))
+  print(write(rows, os.path.join(v['out'], f'warm_start{v["tag"]}'),
+              f'Warm start from the recipe ({v["task"]}, T = {v["horizon"]})',
+              command))
 
 
 if __name__ == '__main__':
+  _flags = _define_flags()
   jax.config.config_with_absl()
-  app.run(main)
+  app.run(functools.partial(main, f=_flags))

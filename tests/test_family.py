@@ -107,7 +107,7 @@ def test_bad_family_arguments_are_refused(kwargs, match):
     hypergrad.warmup_decay(**kwargs)
 
 
-def test_the_warm_start_benchmark_refines_the_recipe_and_pairs_it():
+def test_the_warm_start_benchmark_refines_the_recipe_and_pairs_it(tmp_path):
   pytest.importorskip('flax')
   from benchmarks import warm_start  # pylint: disable=g-import-not-at-top
   from hypergrad.experiments import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
@@ -118,4 +118,6 @@ def test_the_warm_start_benchmark_refines_the_recipe_and_pairs_it():
   assert len(row['val_loss']) == 2 and len(row['held']) == 2
   assert row['gain'] == pytest.approx(row['learned'] - row['reference'])
   assert 0 < row['reference'] <= 1
-  assert 'Mean paired gain' in warm_start.table([row, row])
+  text = warm_start.write([row, row], str(tmp_path / 'ws'), 'title', 'cmd')
+  assert 'Mean paired gain' in text
+  assert 'Mean paired gain' in (tmp_path / 'ws.md').read_text()
