@@ -50,15 +50,8 @@ def run_seed(task, seed: int, horizon: int, intervals: int, outer_steps: int,
              retrains: int) -> dict:
   """One seed's paired comparison: the refined family against the recipe."""
   start = time.time()
-  split = task.default_split()
-  loss_fn = task.loss_fn(split)
-
-  def val_loss(hparams):
-    loss = float(loss_fn(task.train(hparams, horizon, init_seed=seed,
-                                    split=split)))
-    return loss if math.isfinite(loss) else math.inf
-
-  ref = references.strongest_reference(task, horizon, val_loss)
+  ref = references.strongest_reference(
+      task, horizon, references.validation_loss(task, horizon, seed))
   default = dict(task.spec.default_hparams)
   factor = references.COSINE_GRID[int(np.argmin(ref['grid_val_loss']))]
   peak = default['lr'] * factor

@@ -56,14 +56,8 @@ def reference(task, steps: int, seeds, init_seed: int, default) -> dict:
   are); the lowest is retrained from ``seeds`` (the default already was).
   Summary fields of their own: the existing ones are unchanged.
   """
-  split = task.default_split()
-  loss_fn = task.loss_fn(split)
-
-  def val_loss(hparams):
-    loss = float(loss_fn(task.train(hparams, steps, init_seed=init_seed,
-                                    split=split)))
-    return loss if math.isfinite(loss) else math.inf
-  ref = references.strongest_reference(task, steps, val_loss)
+  ref = references.strongest_reference(
+      task, steps, references.validation_loss(task, steps, init_seed))
   name = ref['strongest']
   retrained = default if name == 'default' else retrain(
       task, ref['schedules'][name], steps, seeds)

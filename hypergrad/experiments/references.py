@@ -12,6 +12,7 @@ The strongest of these is chosen on validation loss, never on test, by
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from hypergrad.experiments import blackbox
@@ -42,6 +43,23 @@ def cosine_schedule(task, num_steps: int, peak_lr: float | None = None):
   """The warm-up + cosine reference as a schedule of ``num_steps`` lrs."""
   return blackbox.parametric_schedule(cosine_values(task, peak_lr),
                                       num_steps, task.dtype)
+
+
+def validation_loss(task, num_steps: int, init_seed: int
+                    ) -> Callable[[dict], float]:
+  """``val_loss(hparams)``: trained from ``init_seed`` on the default split.
+
+  The score the references are chosen by (as the HPO table's black-box
+  trials are scored); ``inf`` for a run that diverged.
+  """
+  split = task.default_split()
+  loss_fn = task.loss_fn(split)
+
+  def val_loss(hparams) -> float:
+    loss = float(loss_fn(task.train(hparams, num_steps, init_seed=init_seed,
+                                    split=split)))
+    return loss if math.isfinite(loss) else math.inf
+  return val_loss
 
 
 def strongest_reference(task, num_steps: int,
