@@ -173,7 +173,7 @@ def per_tangent(steps: int, sizes, repeats: int, problem_=None):
     count = jax.numpy.int32(z[0].shape[0]) + 0 * t  # traced, as in forward
     z, finite = tangents.push_rows(lin, z, count, lambda i: jax.tree.map(
         lambda x: 0.01 * jax.numpy.ones_like(x), h))
-    return new_d, new_r, z, (finite & tangents.all_finite(new_d)
+    return new_d, new_r, z, (finite & unroll.all_finite(new_d)
                              if checked else True)
 
   def batch_body(d, r, z, t):

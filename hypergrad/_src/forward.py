@@ -250,10 +250,10 @@ def _batch_unroll(step_fn, init_state, hparams, num_steps, rows, segments,
         probe = (p, log_norm, at)
       if late:
         on = start <= t
-        finite = tangents_lib.all_finite(diff) & jnp.all(jnp.stack([
+        finite = unroll_lib.all_finite(diff) & jnp.all(jnp.stack([
             jnp.all(jnp.isfinite(z) | ~shaped(on, z)) for z in tangents]))
       else:
-        finite = tangents_lib.all_finite(list(diff) + tangents)
+        finite = unroll_lib.all_finite(list(diff) + tangents)
       bad = jnp.where((bad < 0) & ~finite, t, bad).astype(jnp.int32)
       return (diff, rest, tangents, t + 1, bad, probe), None
 
@@ -341,7 +341,7 @@ def _rows_unroll(step_fn, init_state, hparams, num_steps, rows,
     begun = jnp.sum(rows.start <= t, dtype=jnp.int32)
     tangents, finite = tangents_lib.push_rows(lin, tangents, begun,
                                               direction)
-    finite = finite & tangents_lib.all_finite(new_diff)
+    finite = finite & unroll_lib.all_finite(new_diff)
     bad = jnp.where((bad < 0) & ~finite, t, bad).astype(jnp.int32)
     return (new_diff, new_rest, tangents, t + 1, bad, probe), None
 

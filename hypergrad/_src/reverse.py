@@ -74,11 +74,7 @@ class Reverse(estimator_lib.Estimator):
                                checkpoint_every=self.checkpoint_every,
                                return_info=True,
                                taps=(jnp.asarray(steps), slots[:-1]))
-      split = unroll_lib.split_state(info.final_state)
-      final = unroll_lib.merge_state(
-          expansion_lib.tap(split.diff, slots[-1]), split.rest,
-          split.treedef, split.mask)
-      return loss_fn(final), info
+      return loss_fn(unroll_lib.tap_state(info.final_state, slots[-1])), info
 
     slots = jnp.zeros((len(steps) + 1,), jnp.float32)
     (loss, info), (grads, log_norms) = jax.value_and_grad(

@@ -97,13 +97,6 @@ def push_batch(step, diff, rest, h, t, tangents, dh):
                               for v, z in zip(new_z, tangents)]
 
 
-def all_finite(leaves) -> jax.Array:
-  """Whether every entry of every array in ``leaves`` is finite: bool scalar."""
-  if not leaves:
-    return jnp.bool_(True)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
 def push_rows(lin, tangents, count, direction):
   r"""Applies ``lin`` to rows ``0 .. count-1`` of the tangent batch, in place.
 
@@ -141,7 +134,7 @@ def push_rows(lin, tangents, count, direction):
   """
   def apply(z, dh):
     new = list(lin(z, dh))
-    return new, all_finite(new)
+    return new, unroll_lib.all_finite(new)
 
   def keep(z, dh):
     del dh

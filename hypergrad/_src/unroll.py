@@ -45,10 +45,16 @@ def first_nonfinite(first, t, tree):
   One fused reduction per step, kept on the device: a divergence is located
   without a host round trip per step.
   """
-  leaves = [x for x in jax.tree.leaves(tree) if is_differentiable(x)]
-  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) \
-      if leaves else jnp.bool_(True)
+  finite = all_finite([x for x in jax.tree.leaves(tree)
+                       if is_differentiable(x)])
   return jnp.where((first < 0) & ~finite, t, first).astype(jnp.int32)
+
+
+def all_finite(leaves) -> jax.Array:
+  """Whether every entry of every array in ``leaves`` is finite: bool scalar."""
+  if not leaves:
+    return jnp.bool_(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def earliest(a, b):
@@ -198,7 +204,7 @@ def check_finite_state(state: PyTree, name: str = 'init_state') -> None:
   """
   leaves = [x for x in jax.tree.leaves(state)
             if is_differentiable(x) and not isinstance(x, jax.core.Tracer)]
-  if not leaves or bool(_all_finite(leaves)):
+  if not leaves or bool(_all_finite_jit(leaves)):
     return
   for leaf_name, x in zip(schedule.leaf_names(state), jax.tree.leaves(state)):
     if (is_differentiable(x) and not isinstance(x, jax.core.Tracer)
@@ -210,9 +216,7 @@ def check_finite_state(state: PyTree, name: str = 'init_state') -> None:
           'initialisation (or a checkpoint it was restored from).')
 
 
-@jax.jit
-def _all_finite(leaves):
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+_all_finite_jit = jax.jit(all_finite)
 
 
 def as_state(init_state: PyTree) -> PyTree:
@@ -225,12 +229,18 @@ def as_state(init_state: PyTree) -> PyTree:
   return jax.tree.map(convert, init_state)
 
 
-def _tap_state(state, t, steps, slots):
+def tap_state(state: PyTree, slot: jax.Array) -> PyTree:
+  """:func:`expansion.tap` on a state's differentiable leaves."""
   split = split_state(state)
+  return merge_state(expansion_lib.tap(split.diff, slot), split.rest,
+                     split.treedef, split.mask)
+
+
+def _tap_at(state, t, steps, slots):
+  """The state through ``slots[k]``'s tap where ``t == steps[k]``."""
   k = jnp.maximum(jnp.searchsorted(steps, t, side='right') - 1, 0)
-  slot = jnp.where(steps[k] == t, slots[k], jnp.zeros((), slots.dtype))
-  diff = expansion_lib.tap(split.diff, slot)
-  return merge_state(diff, split.rest, split.treedef, split.mask)
+  return tap_state(state, jnp.where(steps[k] == t, slots[k],
+                                    jnp.zeros((), slots.dtype)))
 
 
 def unroll(step_fn: StepFn, init_state: PyTree, hparams: PyTree,
@@ -274,7 +284,7 @@ def unroll(step_fn: StepFn, init_state: PyTree, hparams: PyTree,
     state, t, bad = carry
     h_t = schedule.hparams_at(hparams, t, num_steps)
     if taps is not None:
-      state = _tap_state(state, t, *taps)
+      state = _tap_at(state, t, *taps)
     state = step_fn(state, h_t, t)
     if return_info:
       bad = first_nonfinite(bad, t, state)
